@@ -1,0 +1,1 @@
+"""Ray runtime, job entry points and the CLI."""

@@ -1,0 +1,167 @@
+"""`raydistill` command line: thin, with heavy imports inside each command.
+
+Every command takes a recipe and `key=value` overrides, so `raydistill run
+recipes/sst2-cod.yaml out_dir=runs/x student.alpha=0.5` is the same job on a laptop and
+under `ray job submit`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def _config(args):
+    from raydistill.config import load_config
+
+    return load_config(args.recipe, args.overrides)
+
+
+def cmd_run(args) -> int:
+    from raydistill.cluster.run import run
+
+    cfg = _config(args)
+    report = run(cfg)
+    print((__import__("pathlib").Path(cfg.out_dir) / "report.md").read_text())
+    print(f"[raydistill] report written to {cfg.out_dir}/report.md, report.json, accuracy_vs_k.png")
+    return 0 if report["results"] else 1
+
+
+def cmd_train(args) -> int:
+    from raydistill.cluster.report import write_report
+    from raydistill.cluster.run import train
+
+    cfg = _config(args)
+    results = train(cfg)
+    write_report(cfg.out_dir, cfg=cfg, results=results)
+    print(json.dumps([{k: r[k] for k in ("job", "accuracy", "fidelity")} for r in results], indent=1))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from raydistill.cluster.run import Stopwatch, prepare
+    from raydistill.cluster.runtime import ensure_ray
+
+    cfg = _config(args)
+    ensure_ray(cfg.cluster)
+    prep = prepare(cfg, Stopwatch())
+    print(json.dumps(prep.gen_stats, indent=2))
+    print(f"[raydistill] counterfactuals in {cfg.out_dir}/counterfactuals.parquet")
+    return 0
+
+
+def cmd_train_teacher(args) -> int:
+    from pathlib import Path
+
+    from raydistill.cluster.run import _subset
+    from raydistill.cluster.runtime import ensure_ray
+    from raydistill.pipelines.datasets import load_split
+    from raydistill.pipelines.tasks import get_task
+    from raydistill.training.teacher import ensure_teacher
+
+    cfg = _config(args)
+    ensure_ray(cfg.cluster)
+    spec = get_task(cfg.data.task, cfg.data.label_names)
+    train = _subset(load_split(cfg.data, "train"), cfg.data.teacher_train_rows, cfg.teacher.seed)
+    dev = _subset(load_split(cfg.data, "dev"), cfg.data.dev_rows, 1)
+    path, info = ensure_teacher(
+        cfg.data, cfg.teacher, spec, train, dev, cfg.resolved_cache_dir(),
+        storage_path=str((Path(cfg.out_dir) / "ray_train").resolve()),
+    )
+    print(json.dumps({"teacher": path, **info}, indent=2))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from raydistill.cluster.report import write_report
+
+    write_report(args.out_dir)
+    print(open(os.path.join(args.out_dir, "report.md")).read())
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from raydistill.training.tune import sweep
+
+    cfg = _config(args)
+    sweep(cfg, recipe_path=args.recipe)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from raydistill.serving.student_app import serve_students
+
+    models = {}
+    for spec in args.model:
+        name, _, path = spec.partition("=")
+        if not path:
+            name, path = os.path.basename(os.path.normpath(spec)), spec
+        models[name] = path
+    serve_students(
+        models,
+        teacher=args.teacher,
+        shadow_fraction=args.shadow_fraction,
+        api_key=args.api_key or os.environ.get("RAYDISTILL_API_KEY"),
+        host=args.host,
+        port=args.port,
+        blocking=True,
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raydistill", description=__doc__.split("\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def recipe_cmd(name: str, fn, help_: str):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("recipe", help="YAML recipe (see recipes/)")
+        sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. student.alpha=0.5")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    recipe_cmd("run", cmd_run, "teacher → counterfactuals → students → report")
+    recipe_cmd("generate", cmd_generate, "train/load the teacher and generate verified counterfactuals")
+    recipe_cmd("train-teacher", cmd_train_teacher, "train (or fetch from cache) the teacher classifier")
+    recipe_cmd("train", cmd_train, "distill students (reuses cached teacher and counterfactuals)")
+    recipe_cmd("sweep", cmd_sweep, "Ray Tune sweep over the recipe's search space")
+    rp = sub.add_parser("report", help="re-render report.md/json/png from a run folder")
+    rp.add_argument("out_dir")
+    rp.set_defaults(fn=cmd_report)
+    sp = sub.add_parser("serve", help="serve student checkpoints with Ray Serve")
+    sp.add_argument("model", nargs="+", help="NAME=PATH or PATH of an HF checkpoint folder")
+    sp.add_argument("--teacher", help="teacher checkpoint for shadow scoring")
+    sp.add_argument("--shadow-fraction", type=float, default=0.0)
+    sp.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or $RAYDISTILL_API_KEY)")
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8000)
+    sp.set_defaults(fn=cmd_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from raydistill.config import ConfigError
+    from raydistill.pipelines.datasets import DataError
+    from raydistill.pipelines.kshot import KShotError
+    from raydistill.pipelines.tasks import UnknownTaskError
+    from raydistill.registry import UnknownModelError
+
+    try:
+        return args.fn(args)
+    except (ConfigError, DataError, KShotError, UnknownTaskError, UnknownModelError) as e:
+        print(f"raydistill: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Results as tables and plots: report.md, report.json, accuracy_vs_k.png.
+
+Reports are rebuilt from `results.jsonl` (plus the generation stats file), so `raydistill
+report OUT_DIR` re-renders a finished or half-finished run without retraining anything.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METHOD_ORDER = ["ce", "ce+cod", "kd", "kd+cod", "lwd", "lwd+cod"]
+
+
+def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± std over seeds per (method, k)."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        groups[(r["method"], int(r["k"]))].append(r)
+    rows = []
+    for (method, k), rs in groups.items():
+        row: dict[str, Any] = {"method": method, "k": k, "n_seeds": len(rs)}
+        for metric in ("accuracy", "fidelity", "boundary_fidelity"):
+            vals = [r[metric] for r in rs if r.get(metric) is not None]
+            row[metric] = float(np.mean(vals)) if vals else None
+            row[f"{metric}_std"] = float(np.std(vals)) if vals else None
+        rows.append(row)
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    rows.sort(key=lambda r: (r["k"], order.get(r["method"], 99), r["method"]))
+    return rows
+
+
+def cod_gains(agg: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Accuracy gain of each +cod method over its baseline, per k."""
+    by = {(r["method"], r["k"]): r for r in agg}
+    gains = []
+    for (m, k), r in sorted(by.items(), key=lambda x: (x[0][1], x[0][0])):
+        if m.endswith("+cod") and (m[:-4], k) in by:
+            base = by[(m[:-4], k)]
+            gains.append({"k": k, "method": m, "gain": r["accuracy"] - base["accuracy"]})
+    return gains
+
+
+def _fmt(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
+
+
+def plot_accuracy_vs_k(agg: list[dict[str, Any]], path: Path, title: str, teacher_acc: float | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    methods = [m for m in METHOD_ORDER if any(r["method"] == m for r in agg)]
+    methods += sorted({r["method"] for r in agg} - set(methods))
+    for m in methods:
+        rs = sorted((r for r in agg if r["method"] == m), key=lambda r: r["k"])
+        ks = [r["k"] for r in rs]
+        ax.errorbar(
+            ks,
+            [r["accuracy"] for r in rs],
+            yerr=[r["accuracy_std"] or 0 for r in rs],
+            marker="o",
+            capsize=3,
+            linestyle="-" if m.endswith("+cod") else "--",
+            label=m,
+        )
+    if teacher_acc is not None:
+        ax.axhline(teacher_acc, color="grey", linestyle=":", label="teacher")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k (labelled examples)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(
+    out_dir: str | Path,
+    *,
+    cfg: Any = None,
+    results: list[dict[str, Any]] | None = None,
+    gen_stats: dict[str, Any] | None = None,
+    teacher_info: dict[str, Any] | None = None,
+    timings: dict[str, float] | None = None,
+    cluster: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    out = Path(out_dir)
+    if results is None:
+        from raydistill.cluster.run import read_results
+
+        results = read_results(out)
+    if not results:
+        raise FileNotFoundError(f"{out}: no results.jsonl rows to report on")
+    if gen_stats is None and (out / "generation_stats.json").exists():
+        gen_stats = json.loads((out / "generation_stats.json").read_text())
+    prev = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
+    teacher_info = teacher_info or prev.get("teacher") or {}
+    timings = timings or prev.get("timings") or {}
+    cluster = cluster or prev.get("cluster") or {}
+    task = cfg.data.task if cfg is not None else prev.get("task", "?")
+    agg = aggregate(results)
+    gains = cod_gains(agg)
+    g = gen_stats or {}
+    report = {
+        "task": task,
+        "results": [
+            {
+                k: r.get(k)
+                for k in ("method", "k", "seed", "accuracy", "fidelity", "boundary_fidelity", "train_rows", "checkpoint")
+            }
+            for r in results
+        ],
+        "summary": agg,
+        "cod_gains": gains,
+        "counterfactuals": {
+            "flip_rate": g.get("flip_rate"),
+            "mean_edit_words": g.get("mean_edit_words"),
+            "tokens_per_s": g.get("tokens_per_s"),
+            **{k: v for k, v in g.items() if k not in ("flip_rate", "mean_edit_words", "tokens_per_s")},
+        },
+        "teacher": teacher_info,
+        "timings": timings,
+        "cluster": cluster,
+        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    plot_accuracy_vs_k(
+        agg, out / "accuracy_vs_k.png", f"{task}: student accuracy vs k", teacher_info.get("test_accuracy")
+    )
+    (out / "report.md").write_text(render_markdown(report))
+    return report
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# raydistill report: {report['task']}", ""]
+    t = report.get("teacher") or {}
+    if t:
+        lines.append(
+            f"Teacher: `{t.get('backbone', t.get('path', '?'))}` ({t.get('source', '?')}), "
+            f"test accuracy {t.get('test_accuracy', float('nan')):.3f}, "
+            f"dev accuracy {t.get('dev_accuracy', float('nan')):.3f}."
+        )
+        lines.append("")
+    lines += [
+        "## Student accuracy (mean ± std over seeds)",
+        "",
+        "| k | method | seeds | accuracy | fidelity | boundary fidelity |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in report["summary"]:
+        lines.append(
+            f"| {r['k']} | {r['method']} | {r['n_seeds']} | {_fmt(r['accuracy'], r['accuracy_std'])} | "
+            f"{_fmt(r['fidelity'], r['fidelity_std'])} | "
+            f"{_fmt(r['boundary_fidelity'], r['boundary_fidelity_std'])} |"
+        )
+    if report["cod_gains"]:
+        lines += ["", "## CoD gain over its baseline (accuracy points)", "", "| k | method | gain |", "|---|---|---|"]
+        for gn in report["cod_gains"]:
+            lines.append(f"| {gn['k']} | {gn['method']} | {100 * gn['gain']:+.1f} |")
+    c = report["counterfactuals"]
+    if c and c.get("flip_rate") is not None:
+        lines += ["", "## Counterfactuals", ""]
+        for key in ("source", "seeds", "flipped", "no_counterfactual", "flip_rate", "mean_edit_words",
+                    "mean_attempts", "generated_tokens", "tokens_per_s", "cached_seeds"):
+            if c.get(key) is not None:
+                lines.append(f"- {key}: {c[key]}")
+        run = c.get("this_run") or {}
+        if run.get("rejects"):
+            lines.append(f"- rejected candidates by reason (this run): {run['rejects']}")
+    if report.get("timings"):
+        lines += ["", "## Wall time by stage (s)", "", "| stage | seconds |", "|---|---|"]
+        for k, v in report["timings"].items():
+            lines.append(f"| {k} | {v} |")
+    lines += ["", "![accuracy vs k](accuracy_vs_k.png)", ""]
+    return "\n".join(lines)

@@ -1,0 +1,64 @@
+"""Start or join a Ray cluster.
+
+`RAY_ADDRESS` (set by `ray job submit`, or by a user pointing at a head node) wins over the
+recipe: the same command then runs on the laptop's local cluster or on a real one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from raydistill.config import ClusterConfig
+
+log = logging.getLogger(__name__)
+
+
+def runtime_env() -> dict[str, Any]:
+    """Environment the workers need to find the same data, caches and models."""
+    keep = ("RAYDISTILL_DATA_DIR", "RAYDISTILL_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    # Quiet, deterministic CPU workers: one BLAS pool per worker, no tokenizer threads.
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return {"env_vars": env}
+
+
+def ensure_ray(cfg: ClusterConfig | None = None) -> dict[str, Any]:
+    """Init Ray once per process; return a short description of the cluster."""
+    import ray
+
+    cfg = cfg or ClusterConfig()
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS") or cfg.address
+        kwargs: dict[str, Any] = {"runtime_env": runtime_env(), "log_to_driver": True}
+        if address:
+            kwargs["address"] = address
+        else:
+            # A small machine needs logical CPUs above its cores: a Serve replica, a Ray
+            # Data stage and the HTTP actors deadlock on exactly 2 (see ray-notes.md).
+            kwargs["num_cpus"] = cfg.num_cpus or max(4, 2 * (os.cpu_count() or 2))
+            kwargs["include_dashboard"] = cfg.include_dashboard
+            if cfg.object_store_memory:
+                kwargs["object_store_memory"] = cfg.object_store_memory
+        ray.init(**kwargs)
+    ctx = ray.get_runtime_context()
+    res = ray.cluster_resources()
+    info = {
+        "address": ctx.gcs_address,
+        "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
+        "cpus": res.get("CPU", 0),
+        "gpus": res.get("GPU", 0),
+        "dashboard": getattr(ray, "_private", None) and _dashboard_url(),
+    }
+    log.info("ray cluster: %s", info)
+    return info
+
+
+def _dashboard_url() -> str | None:
+    try:
+        import ray
+
+        return ray.worker.get_dashboard_url() or None  # type: ignore[attr-defined]
+    except Exception:
+        return None

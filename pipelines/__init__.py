@@ -1,0 +1,1 @@
+"""Ray Data stages: datasets, k-shot sampling, LLM generation, verification, filters."""

@@ -1,0 +1,333 @@
+"""Teacher-verified counterfactual generation (CoD) as Ray Data stages.
+
+Per seed: prompt the LLM teacher pool for a minimal edit toward a target label (binary:
+the other label; multi-class: the teacher's runner-up), sample n candidates, clean them
+(LLM output is untrusted), verify each with the teacher classifier (a flip = the teacher's
+argmax becomes the target), keep the flipping candidate with the smallest word edit
+distance, and retry the seeds that got none for up to R rounds with feedback.
+
+Every seed comes out as one record, flipped or not, with its attempts, rejections by
+reason and teacher probabilities, so nothing is lost silently and the report can count
+what failed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raydistill.config import GenerationConfig
+from raydistill.pipelines.edits import word_edit_distance
+from raydistill.pipelines.llm_output import clean_candidate
+from raydistill.pipelines.prompts import counterfactual_messages
+from raydistill.pipelines.tasks import TaskSpec
+from raydistill.training.classifier import Classifier, softmax
+
+
+def target_label(teacher_probs: list[float] | np.ndarray) -> tuple[int, int]:
+    """(source, target): the teacher's prediction and the class to flip it to.
+
+    Binary: the other class. Multi-class: the runner-up, the cheapest class to reach
+    with a minimal edit.
+    """
+    p = np.asarray(teacher_probs, dtype=np.float64)
+    order = np.argsort(-p, kind="stable")
+    return int(order[0]), int(order[1])
+
+
+def choose_counterfactual(
+    original: str,
+    candidates: list[str],
+    candidate_probs: np.ndarray,
+    target: int,
+) -> dict[str, Any]:
+    """Pick the flipping candidate with the smallest word edit distance.
+
+    `candidates` are already cleaned; `candidate_probs[i]` is the teacher's distribution on
+    candidate i. If none flips, report the candidate closest to flipping (highest target
+    probability) so the next round can give the LLM feedback on it.
+    """
+    best: dict[str, Any] | None = None
+    closest: tuple[float, str] | None = None
+    for text, probs in zip(candidates, candidate_probs, strict=True):
+        flipped = int(np.argmax(probs)) == target
+        if flipped:
+            d = word_edit_distance(original, text)
+            if best is None or d < best["edit_words"]:
+                best = {"text": text, "edit_words": d, "probs": [float(x) for x in probs]}
+        if closest is None or probs[target] > closest[0]:
+            closest = (float(probs[target]), text)
+    if best is not None:
+        return {"flipped": True, **best, "closest": ""}
+    return {
+        "flipped": False,
+        "text": "",
+        "edit_words": -1,
+        "probs": [],
+        "closest": closest[1] if closest else "",
+    }
+
+
+class FlipVerifier:
+    """Ray Data callable class: clean every candidate, score all with the teacher at once."""
+
+    def __init__(self, teacher_dir: str, max_length: int = 64):
+        self.clf = Classifier(teacher_dir, max_length=max_length)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        n = len(batch["id"])
+        cleaned: list[list[str]] = []
+        rejects: list[dict[str, int]] = []
+        flat: list[str] = []
+        for i in range(n):
+            kept, why = [], Counter()
+            for raw in list(batch["candidates"][i]):
+                text, reason = clean_candidate(raw, str(batch["text"][i]))
+                if text is None:
+                    why[reason] += 1
+                elif text not in kept:
+                    kept.append(text)
+                else:
+                    why["duplicate"] += 1
+            if batch["llm_error"][i]:
+                why["llm_error"] += 1
+            cleaned.append(kept)
+            rejects.append(dict(why))
+            flat.extend(kept)
+        probs = softmax(self.clf.logits(flat)) if flat else np.zeros((0, 1))
+        out: dict[str, list[Any]] = {
+            k: [] for k in ("flipped", "cf_text", "edit_words", "cf_probs", "closest", "rejects", "num_valid")
+        }
+        pos = 0
+        for i in range(n):
+            k = len(cleaned[i])
+            res = choose_counterfactual(
+                str(batch["text"][i]), cleaned[i], probs[pos : pos + k], int(batch["target"][i])
+            )
+            pos += k
+            out["flipped"].append(res["flipped"])
+            out["cf_text"].append(res["text"])
+            out["edit_words"].append(res["edit_words"])
+            out["cf_probs"].append(json.dumps(res["probs"]))
+            out["closest"].append(res["closest"])
+            out["rejects"].append(json.dumps(rejects[i]))
+            out["num_valid"].append(k)
+        batch = dict(batch)
+        batch.pop("candidates", None)
+        batch.pop("messages", None)
+        batch.update({k: np.array(v, dtype=object) for k, v in out.items()})
+        return batch
+
+
+@dataclass
+class GenerationStats:
+    seeds: int = 0
+    flipped: int = 0
+    candidates: int = 0
+    generated_tokens: int = 0
+    wall_s: float = 0.0
+    rejects: dict[str, int] = field(default_factory=dict)
+    edit_words: list[int] = field(default_factory=list)
+    rounds_used: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def flip_rate(self) -> float:
+        return self.flipped / self.seeds if self.seeds else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated_tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "seeds": self.seeds,
+            "flipped": self.flipped,
+            "no_counterfactual": self.seeds - self.flipped,
+            "flip_rate": round(self.flip_rate, 4),
+            "mean_edit_words": round(float(np.mean(self.edit_words)), 2) if self.edit_words else None,
+            "candidates": self.candidates,
+            "generated_tokens": self.generated_tokens,
+            "wall_s": round(self.wall_s, 2),
+            "tokens_per_s": round(self.tokens_per_s, 1),
+            "rejects": dict(sorted(self.rejects.items())),
+            "rounds_used": {str(k): v for k, v in sorted(self.rounds_used.items())},
+        }
+
+
+def generate_counterfactuals(
+    seeds: list[dict[str, Any]],
+    spec: TaskSpec,
+    endpoint: Any,
+    teacher_dir: str,
+    gen: GenerationConfig,
+    *,
+    source: str,
+    batch_size: int = 32,
+    concurrency: int = 1,
+    teacher_max_length: int = 64,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list[dict[str, Any]], GenerationStats]:
+    """Seeds (annotated with `teacher_logits`) → one counterfactual record per seed."""
+    import ray
+
+    from raydistill.pipelines.llm_stage import Sampling, chat_stage
+
+    stats = GenerationStats(seeds=len(seeds))
+    if not seeds:
+        return [], stats
+    pending: dict[str, dict[str, Any]] = {}
+    for s in seeds:
+        src, tgt = target_label(softmax(np.asarray(s["teacher_logits"], dtype=np.float64)))
+        pending[s["id"]] = {
+            "id": s["id"],
+            "text": s["text"],
+            "label": int(s["label"]),
+            "source_label": src,
+            "target": tgt,
+            "previous": "",
+            "attempts": 0,
+            "tokens": 0,
+        }
+    done: dict[str, dict[str, Any]] = {}
+    t0 = time.perf_counter()
+    for rnd in range(1, gen.rounds + 1):
+        if not pending:
+            break
+        rows = []
+        for p in pending.values():
+            msgs = counterfactual_messages(
+                spec,
+                p["text"],
+                spec.label_names[p["source_label"]],
+                spec.label_names[p["target"]],
+                previous=p["previous"] or None,
+                max_chars=gen.max_input_chars,
+            )
+            rows.append({"id": p["id"], "text": p["text"], "target": p["target"], "messages": msgs})
+        sampling = Sampling(
+            n=gen.num_candidates,
+            temperature=gen.temperature,
+            top_p=gen.top_p,
+            max_tokens=gen.max_new_tokens,
+            seed=gen.seed + rnd,
+        )
+        ds = chat_stage(
+            ray.data.from_items(rows), endpoint, sampling, batch_size=batch_size, concurrency=concurrency
+        )
+        ds = ds.map_batches(
+            FlipVerifier,
+            fn_constructor_kwargs=dict(teacher_dir=teacher_dir, max_length=teacher_max_length),
+            batch_size=64,
+            batch_format="numpy",
+            concurrency=1,
+        )
+        results = ds.take_all()
+        if len(results) != len(rows):
+            raise RuntimeError(f"generation round {rnd}: {len(results)} of {len(rows)} rows came back")
+        for r in results:
+            p = pending[r["id"]]
+            p["attempts"] += gen.num_candidates
+            p["tokens"] += int(r.get("generated_tokens") or 0)
+            stats.candidates += gen.num_candidates
+            for k, v in json.loads(r["rejects"]).items():
+                stats.rejects[k] = stats.rejects.get(k, 0) + int(v)
+            if bool(r["flipped"]):
+                done[p["id"]] = _record(p, r, source, rnd, True)
+                del pending[p["id"]]
+                stats.rounds_used[rnd] = stats.rounds_used.get(rnd, 0) + 1
+            else:
+                p["previous"] = str(r["closest"] or "")
+                if rnd == gen.rounds:
+                    done[p["id"]] = _record(p, r, source, rnd, False)
+        if progress:
+            progress(f"round {rnd}: {len(done) - len(pending)} flipped so far, {len(pending)} pending")
+    stats.wall_s = time.perf_counter() - t0
+    records = [done[s["id"]] for s in seeds]
+    for rec in records:
+        stats.generated_tokens += rec["generated_tokens"]
+        if rec["flipped"]:
+            stats.flipped += 1
+            stats.edit_words.append(rec["edit_words"])
+    return records, stats
+
+
+def _record(p: dict[str, Any], r: dict[str, Any], source: str, rnd: int, flipped: bool) -> dict[str, Any]:
+    return {
+        "id": f"{p['id']}/cf",
+        "parent_id": p["id"],
+        "source": source,
+        "text": str(r["cf_text"]) if flipped else "",
+        "label": int(p["target"]),
+        "parent_label": int(p["label"]),
+        "flipped": flipped,
+        "rounds": rnd,
+        "attempts": int(p["attempts"]),
+        "edit_words": int(r["edit_words"]) if flipped else -1,
+        "teacher_probs": json.loads(r["cf_probs"]) if flipped else [],
+        "generated_tokens": int(p["tokens"]),
+    }
+
+
+def human_counterfactual_records(
+    seeds: list[dict[str, Any]], human: dict[str, dict[str, Any]], teacher_dir: str, max_length: int = 64
+) -> tuple[list[dict[str, Any]], GenerationStats]:
+    """IMDB-CAD: the human minimal edit of each seed, verified by the teacher all the same.
+
+    The human label is kept (it is the ground truth); `flipped` records whether the
+    teacher agrees with it, which the report shows as teacher/human agreement.
+    """
+    stats = GenerationStats(seeds=len(seeds))
+    missing = [s["id"] for s in seeds if s["id"] not in human]
+    if missing:
+        raise KeyError(f"no human counterfactual for seed ids {missing[:5]}")
+    clf = Classifier(teacher_dir, max_length=max_length)
+    texts = [human[s["id"]]["text"] for s in seeds]
+    probs = softmax(clf.logits(texts))
+    records = []
+    for s, text, p in zip(seeds, texts, probs, strict=True):
+        label = int(human[s["id"]]["label"])
+        agrees = int(np.argmax(p)) == label
+        d = word_edit_distance(s["text"], text)
+        records.append(
+            {
+                "id": f"{s['id']}/cf",
+                "parent_id": s["id"],
+                "source": "human:cad",
+                "text": text,
+                "label": label,
+                "parent_label": int(s["label"]),
+                "flipped": agrees,
+                "rounds": 0,
+                "attempts": 1,
+                "edit_words": d,
+                "teacher_probs": [float(x) for x in p],
+                "generated_tokens": 0,
+            }
+        )
+        stats.flipped += int(agrees)
+        stats.edit_words.append(d)
+    return records, stats
+
+
+def save_records(records: list[dict[str, Any]], path: str | Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.parquet")
+    pq.write_table(pa.Table.from_pylist(records), tmp)
+    tmp.rename(path)
+
+
+def load_records(path: str | Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()

@@ -1,0 +1,56 @@
+"""Prompt templates for the LLM teacher, written from a task spec.
+
+Kept as plain functions returning OpenAI chat messages, so every backend (vLLM, hf,
+external API) sees the same conversation and prompts can be unit-tested.
+"""
+
+from __future__ import annotations
+
+from raydistill.pipelines.tasks import TaskSpec
+
+COUNTERFACTUAL_SYSTEM = (
+    "You are an expert annotator who writes counterfactual examples: you change as few "
+    "words as possible in a text so that its label changes, and you keep everything else "
+    "exactly the same. You reply with the rewritten text only."
+)
+
+
+def truncate(text: str, max_chars: int) -> str:
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars].rsplit(" ", 1)[0]
+    return cut + " …"
+
+
+def counterfactual_messages(
+    spec: TaskSpec,
+    text: str,
+    source_label: str,
+    target_label: str,
+    previous: str | None = None,
+    max_chars: int = 600,
+) -> list[dict[str, str]]:
+    """Ask for a minimal edit of `text` that moves it from `source_label` to `target_label`.
+
+    `previous` is a failed attempt from an earlier round (the teacher still saw the source
+    label in it); naming it gives the model feedback instead of an identical retry.
+    """
+    text = truncate(text, max_chars)
+    lines = [
+        f"Task: {spec.label_meaning} of a {spec.noun}. Labels: {', '.join(spec.label_names)}.",
+        f"The {spec.noun} below is {source_label}. Change a few words (for example, swap "
+        f"the words that make it {source_label} for words that make it {target_label}) so "
+        f"that it becomes clearly {target_label}. Keep the rest of the words unchanged.",
+    ]
+    if previous:
+        lines.append(
+            f'An earlier attempt, "{truncate(previous, max_chars)}", was still read as '
+            f"{source_label}. Change the words that carry the {spec.label_meaning} more "
+            f"decisively."
+        )
+    lines.append(f"\n{spec.noun.capitalize()}: {text}\n")
+    lines.append(f"Rewritten {spec.noun} ({target_label}):")
+    return [
+        {"role": "system", "content": COUNTERFACTUAL_SYSTEM},
+        {"role": "user", "content": "\n".join(lines)},
+    ]

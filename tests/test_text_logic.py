@@ -1,0 +1,99 @@
+"""Pure logic: edit distance, LLM output cleaning, flip verification, prompts."""
+
+import numpy as np
+import pytest
+
+from raydistill.pipelines.counterfactuals import choose_counterfactual, target_label
+from raydistill.pipelines.edits import word_edit_distance
+from raydistill.pipelines.llm_output import clean_candidate
+from raydistill.pipelines.prompts import counterfactual_messages
+from raydistill.pipelines.tasks import get_task
+
+ORIG = "a gorgeous , witty , seductive movie ."
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "d"),
+    [
+        ("the film is great", "the film is great", 0),
+        ("the film is great", "the film is awful", 1),
+        ("the film is great", "the film is not great", 1),
+        ("the film is great", "film is great", 1),
+        ("The Film is GREAT", "the film is great", 0),
+        ("", "two words", 2),
+        ("a b c d", "d c b a", 4),
+    ],
+)
+def test_word_edit_distance(a, b, d):
+    assert word_edit_distance(a, b) == d
+    assert word_edit_distance(b, a) == d
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '"a dull , witless , repellent movie ."',
+        "Counterfactual: a dull , witless , repellent movie .",
+        "Here is the rewritten sentence: a dull , witless , repellent movie .",
+        "Sure! Here's the revised review:\n\n“a dull , witless , repellent movie .”",
+        "Rewritten movie review sentence (negative): a dull , witless , repellent movie .",
+        "a dull , witless , repellent movie .\n\nNote: I replaced the positive adjectives.",
+        "**a dull , witless , repellent movie .**",
+    ],
+)
+def test_clean_strips_chatter(raw):
+    text, why = clean_candidate(raw, ORIG)
+    assert why == "" and text == "a dull , witless , repellent movie ."
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("", "empty"),
+        ("   \n ", "empty"),
+        (None, "empty"),
+        ('""', "empty"),
+        ("I'm sorry, but I can't help with that.", "refusal"),
+        ("As an AI, I cannot do this.", "refusal"),
+        (ORIG, "echo"),
+        (f'"{ORIG.upper()}"', "echo"),
+        ("Here is the text: " + ORIG, "echo"),
+        ("word " * 500, "too_long"),
+    ],
+)
+def test_clean_rejects(raw, reason):
+    text, why = clean_candidate(raw, ORIG)
+    assert text is None and why == reason
+
+
+def test_target_label_binary_and_multiclass():
+    assert target_label([0.9, 0.1]) == (0, 1)
+    assert target_label([0.2, 0.8]) == (1, 0)
+    assert target_label([0.1, 0.6, 0.3]) == (1, 2)
+
+
+def test_choose_smallest_flipping_edit():
+    cands = ["a dull , witless , repellent movie .", "a dull movie , witty , seductive .", "a gorgeous film ."]
+    probs = np.array([[0.2, 0.8], [0.9, 0.1], [0.4, 0.6]])  # target 0 (negative)
+    res = choose_counterfactual(ORIG, cands, probs, target=0)
+    assert res["flipped"] and res["text"] == cands[1]
+    assert res["edit_words"] == word_edit_distance(ORIG, cands[1])
+
+
+def test_choose_reports_closest_when_nothing_flips():
+    cands = ["x y z", "a bad movie"]
+    probs = np.array([[0.1, 0.9], [0.45, 0.55]])
+    res = choose_counterfactual(ORIG, cands, probs, target=0)
+    assert not res["flipped"] and res["closest"] == "a bad movie" and res["text"] == ""
+    none = choose_counterfactual(ORIG, [], np.zeros((0, 2)), target=0)
+    assert not none["flipped"] and none["closest"] == ""
+
+
+def test_prompt_mentions_labels_and_feedback():
+    spec = get_task("sst2")
+    msgs = counterfactual_messages(spec, ORIG, "positive", "negative", previous="a fine movie")
+    assert msgs[0]["role"] == "system" and msgs[1]["role"] == "user"
+    user = msgs[1]["content"]
+    assert ORIG in user and "negative" in user and "a fine movie" in user
+    long = counterfactual_messages(spec, "word " * 1000, "positive", "negative", max_chars=100)
+    assert len(long[1]["content"]) < 1200

@@ -1,0 +1,1 @@
+"""Students, losses, the Ray Train + DeepSpeed loop, evaluation and Tune."""

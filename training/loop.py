@@ -1,0 +1,304 @@
+"""The Ray Train + DeepSpeed distillation loop.
+
+One `TorchTrainer` fit trains a *list* of jobs (a student per method × k × seed, or the
+teacher): few-shot students train in seconds, so starting a worker group per student
+would cost more than the training. Every job is data-parallel over all workers through
+`deepspeed.initialize` (ZeRO stage from config; gloo on CPU, NCCL on GPU), selects its best
+epoch on the dev split, evaluates on the test split and reports one HF checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from raydistill.training.losses import distill_loss
+from raydistill.training.students import DistillStudent
+
+
+@dataclass
+class TrainJob:
+    """What one student (or teacher) training needs; rows travel as Ray object refs."""
+
+    name: str
+    backbone: str
+    label_names: list[str]
+    train_rows: Any  # ObjectRef or list of rows {text, label, [teacher_logits, teacher_hidden]}
+    dev_rows: Any  # rows {text, label, [teacher_pred]}
+    test_rows: Any
+    pairs: Any = None  # [(orig_teacher_pred, orig_text, cf_teacher_pred, cf_text)] for boundary fidelity
+    num_layers: int | None = None
+    alpha: float = 0.0
+    beta: float = 0.0
+    temperature: float = 1.0
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    epochs: float = 1.0
+    batch_size: int | None = None
+    max_length: int = 64
+    eval_every: int = 0
+    lwd_layer_map: list[int] | None = None
+    teacher_width: int | None = None
+    teacher_layers: int | None = None
+    zero_stage: int = 2
+    seed: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _get(x: Any) -> Any:
+    import ray
+
+    return ray.get(x) if isinstance(x, ray.ObjectRef) else x
+
+
+def deepspeed_config(job: TrainJob, micro_batch: int, world: int) -> dict[str, Any]:
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": micro_batch * world,
+        "zero_optimization": {"stage": job.zero_stage},
+        # Our own AdamW (DeepSpeed's fused one needs CUDA); ZeRO wraps it.
+        "zero_allow_untested_optimizer": True,
+        "gradient_clipping": 1.0,
+        "fp16": {"enabled": False},
+        "bf16": {"enabled": False},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class _Batcher:
+    """Tokenize once per job; slice tensors per step."""
+
+    def __init__(self, tokenizer, rows: list[dict[str, Any]], max_length: int):
+        enc = tokenizer(
+            [r["text"] for r in rows],
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        self.ids = enc["input_ids"]
+        self.mask = enc["attention_mask"]
+        self.labels = torch.tensor([int(r["label"]) for r in rows], dtype=torch.long)
+        self.t_logits = (
+            torch.tensor(np.array([r["teacher_logits"] for r in rows]), dtype=torch.float32)
+            if rows and "teacher_logits" in rows[0]
+            else None
+        )
+        self.t_hidden = (
+            torch.tensor(np.array([r["teacher_hidden"] for r in rows]), dtype=torch.float32)
+            if rows and rows[0].get("teacher_hidden") is not None
+            else None
+        )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@torch.no_grad()
+def _predict(model, tokenizer, texts: list[str], max_length: int, bs: int = 128) -> np.ndarray:
+    preds = []
+    for i in range(0, len(texts), bs):
+        enc = tokenizer(
+            texts[i : i + bs], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        )
+        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])[0]
+        preds.append(logits.argmax(-1).numpy())
+    return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+
+
+def _sharded_predict(model, tokenizer, texts, max_length, rank, world) -> np.ndarray:
+    """Each rank predicts a slice; slices are gathered so every rank sees all predictions."""
+    import torch.distributed as dist
+
+    n = len(texts)
+    per = math.ceil(n / world) if n else 0
+    lo, hi = min(rank * per, n), min((rank + 1) * per, n)
+    mine = _predict(model, tokenizer, texts[lo:hi], max_length)
+    if world == 1:
+        return mine
+    buf = torch.full((per,), -1, dtype=torch.long)
+    buf[: len(mine)] = torch.from_numpy(mine.astype(np.int64))
+    out = [torch.empty_like(buf) for _ in range(world)]
+    dist.all_gather(out, buf)
+    return torch.cat(out)[:n].numpy()
+
+
+def evaluate(model, tokenizer, rows, pairs, max_length, rank=0, world=1) -> dict[str, float]:
+    """Accuracy, teacher fidelity (agreement) and boundary fidelity on CF pairs."""
+    model.eval()
+    texts = [r["text"] for r in rows]
+    preds = _sharded_predict(model, tokenizer, texts, max_length, rank, world)
+    labels = np.array([int(r["label"]) for r in rows])
+    out = {"accuracy": float((preds == labels).mean()) if len(rows) else float("nan")}
+    if rows and "teacher_pred" in rows[0]:
+        tp = np.array([int(r["teacher_pred"]) for r in rows])
+        out["fidelity"] = float((preds == tp).mean())
+    if pairs:
+        both = [p[1] for p in pairs] + [p[3] for p in pairs]
+        pp = _sharded_predict(model, tokenizer, both, max_length, rank, world)
+        m = len(pairs)
+        agree = [(pp[i] == pairs[i][0]) and (pp[m + i] == pairs[i][2]) for i in range(m)]
+        out["boundary_fidelity"] = float(np.mean(agree))
+    model.train()
+    return out
+
+
+def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
+    """Train, select on dev, evaluate on test; `report(metrics, ckpt_dir)` once per job."""
+    import deepspeed
+    from transformers import AutoTokenizer
+
+    t0 = time.perf_counter()
+    torch.manual_seed(job.seed)
+    np.random.seed(job.seed)
+    train_rows, dev_rows, test_rows = _get(job.train_rows), _get(job.dev_rows), _get(job.test_rows)
+    pairs = _get(job.pairs) if job.pairs is not None else None
+    tokenizer = AutoTokenizer.from_pretrained(job.backbone)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    lwd = job.beta > 0
+    student = DistillStudent(
+        job.backbone,
+        job.label_names,
+        num_layers=job.num_layers,
+        layer_map=job.lwd_layer_map,
+        teacher_width=job.teacher_width if lwd else None,
+        teacher_layers=job.teacher_layers if lwd else None,
+    )
+    if lwd and student.projection is None:
+        raise ValueError(f"job {job.name}: beta>0 needs teacher_width and teacher_layers")
+    # Equal shards (drop the remainder) so every rank takes the same number of steps.
+    rng = np.random.default_rng(job.seed)
+    order = rng.permutation(len(train_rows))
+    n_eff = len(order) - (len(order) % world) if len(order) >= world else len(order)
+    shard = [train_rows[i] for i in order[:n_eff][rank::world]] or [train_rows[order[0]]]
+    data = _Batcher(tokenizer, shard, job.max_length)
+    micro = len(data) if job.batch_size is None else min(job.batch_size, len(data))
+    steps_per_epoch = max(1, len(data) // micro)
+    params = [p for p in student.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=job.lr, weight_decay=job.weight_decay)
+    engine, _, _, _ = deepspeed.initialize(
+        model=student, optimizer=optim, config=deepspeed_config(job, micro, world)
+    )
+    layer_idx = torch.tensor(student.layer_map) if (lwd and student.layer_map) else None
+    total_steps = max(1, int(round(job.epochs * steps_per_epoch)))
+    eval_steps = job.eval_every * steps_per_epoch if job.eval_every else total_steps
+    best: tuple[float, int, dict[str, torch.Tensor] | None] = (-1.0, 0, None)
+    history: list[dict[str, float]] = []
+    last_parts: dict[str, float] = {}
+    engine.train()
+    for step in range(1, total_steps + 1):
+        i = (step - 1) % steps_per_epoch
+        if i == 0 and job.batch_size is not None:
+            perm = torch.from_numpy(rng.permutation(len(data)))
+        sl = slice(i * micro, (i + 1) * micro)
+        idx = perm[sl] if job.batch_size is not None else torch.arange(len(data))
+        logits, proj = engine(data.ids[idx], data.mask[idx], with_hidden=lwd)
+        t_hidden = data.t_hidden[idx][:, layer_idx] if (lwd and data.t_hidden is not None) else None
+        loss, last_parts = distill_loss(
+            logits,
+            data.labels[idx],
+            data.t_logits[idx] if data.t_logits is not None else None,
+            alpha=job.alpha,
+            temperature=job.temperature,
+            beta=job.beta,
+            projected_student_hidden=proj,
+            teacher_hidden=t_hidden,
+        )
+        engine.backward(loss)
+        engine.step()
+        if step % eval_steps == 0 or step == total_steps:
+            m = evaluate(student.model, tokenizer, dev_rows, None, job.max_length, rank, world)
+            history.append({"step": step, "dev_accuracy": m["accuracy"], **last_parts})
+            if m["accuracy"] > best[0]:
+                best = (m["accuracy"], step, copy.deepcopy(student.model.state_dict()))
+    if best[2] is not None:
+        student.model.load_state_dict(best[2])
+    metrics = evaluate(student.model, tokenizer, test_rows, pairs, job.max_length, rank, world)
+    metrics.update(
+        {
+            "job": job.name,
+            "dev_accuracy": best[0],
+            "best_step": best[1],
+            "train_rows": len(train_rows),
+            "train_s": round(time.perf_counter() - t0, 2),
+            "final_loss": last_parts.get("loss", float("nan")),
+            **{f"meta_{k}": v for k, v in job.meta.items()},
+        }
+    )
+    ckpt_dir = None
+    if rank == 0:
+        ckpt_dir = tempfile.mkdtemp(prefix=f"rd-{job.name.replace('/', '_')}-")
+        student.save(ckpt_dir, tokenizer)
+    report(metrics, ckpt_dir, history)
+    return metrics
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry: run every job in order on this worker group."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    torch.set_num_threads(int(config.get("threads_per_worker") or 1))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    jobs: list[TrainJob] = config["jobs"]
+
+    def report(metrics, ckpt_dir, history):
+        metrics = dict(metrics, history=history)
+        if ckpt_dir is not None:
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(ckpt_dir))
+        else:
+            ray.train.report(metrics)
+
+    for job in jobs:
+        run_job(job, rank, world, report)
+
+
+def fit_jobs(
+    jobs: list[TrainJob],
+    *,
+    num_workers: int,
+    storage_path: str,
+    name: str,
+    use_gpu: bool = False,
+    threads_per_worker: int | None = None,
+    run_callbacks: list | None = None,
+) -> list[tuple[dict[str, Any], Any]]:
+    """Run jobs in one TorchTrainer; return [(metrics, Checkpoint)] in job order."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if threads_per_worker is None:
+        threads_per_worker = max(1, (os.cpu_count() or 1) // max(1, num_workers))
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"jobs": jobs, "threads_per_worker": threads_per_worker},
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+            failure_config=FailureConfig(max_failures=0),
+            callbacks=run_callbacks,
+        ),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    got = list(result.best_checkpoints or [])
+    by_job = {m["job"]: (m, c) for c, m in got}
+    missing = [j.name for j in jobs if j.name not in by_job]
+    if missing:
+        raise RuntimeError(f"training finished without checkpoints for jobs {missing}")
+    return [by_job[j.name] for j in jobs]

@@ -1,0 +1,99 @@
+"""Students: any HF sequence classifier, truncated to N layers, plus the LWD projection.
+
+The HF model is kept intact inside `DistillStudent` so the checkpoint is a plain
+`save_pretrained` folder that `AutoModelForSequenceClassification` loads; the projection
+is training-only and saved beside it, not inside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from raydistill.training.classifier import mean_pool
+from raydistill.training.losses import LayerProjection
+
+
+def default_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """Student layer i (1-based hidden_states index) → teacher layer, spread evenly."""
+    return [round(i * teacher_layers / student_layers) for i in range(1, student_layers + 1)]
+
+
+def load_classifier(
+    backbone_dir: str,
+    label_names: list[str],
+    num_layers: int | None = None,
+):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    cfg = AutoConfig.from_pretrained(backbone_dir)
+    kwargs = dict(
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={n: i for i, n in enumerate(label_names)},
+    )
+    if num_layers is not None:
+        total = getattr(cfg, "num_hidden_layers", None)
+        if total is not None and num_layers > total:
+            raise ValueError(f"student.num_layers={num_layers} but {backbone_dir} has {total}")
+        kwargs["num_hidden_layers"] = num_layers
+    model = AutoModelForSequenceClassification.from_pretrained(
+        backbone_dir, ignore_mismatched_sizes=True, **kwargs
+    )
+    if model.config.pad_token_id is None:
+        # Decoder-only backbones need a pad id to find the last real token.
+        model.config.pad_token_id = model.config.eos_token_id
+    return model
+
+
+class DistillStudent(nn.Module):
+    def __init__(
+        self,
+        backbone_dir: str,
+        label_names: list[str],
+        num_layers: int | None = None,
+        layer_map: list[int] | None = None,
+        teacher_width: int | None = None,
+        teacher_layers: int | None = None,
+    ):
+        super().__init__()
+        self.model = load_classifier(backbone_dir, label_names, num_layers)
+        n_layers = int(self.model.config.num_hidden_layers)
+        width = int(self.model.config.hidden_size)
+        self.layer_map = layer_map
+        if layer_map is None and teacher_layers:
+            self.layer_map = default_layer_map(n_layers, teacher_layers)
+        self.projection = None
+        if self.layer_map is not None and teacher_width:
+            if len(self.layer_map) != n_layers:
+                raise ValueError(
+                    f"lwd_layer_map has {len(self.layer_map)} entries; the student has {n_layers} layers"
+                )
+            self.projection = LayerProjection(width, teacher_width, n_layers)
+
+    def forward(self, input_ids, attention_mask, with_hidden: bool = False):
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=with_hidden
+        )
+        if not with_hidden or self.projection is None:
+            return out.logits, None
+        # hidden_states[0] is the embedding output; student layers are 1..N.
+        pooled = torch.stack(
+            [mean_pool(h, attention_mask) for h in out.hidden_states[1:]], dim=1
+        )
+        return out.logits, self.projection(pooled)
+
+    def save(self, out_dir: str | Path, tokenizer=None) -> None:
+        out_dir = Path(out_dir)
+        self.model.save_pretrained(out_dir, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out_dir)
+        if self.projection is not None and not self.projection.identity:
+            from safetensors.torch import save_file
+
+            save_file(
+                {k: v.contiguous() for k, v in self.projection.state_dict().items()},
+                str(out_dir / "lwd_projection.safetensors"),
+            )
