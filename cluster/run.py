@@ -84,6 +84,11 @@ def _subset(rows: list[dict[str, Any]], n: int | None, seed: int) -> list[dict[s
     return [rows[i] for i in sorted(idx)]
 
 
+def _slim(row: dict[str, Any]) -> dict[str, Any]:
+    """Evaluation rows need the teacher's prediction, not its hidden states."""
+    return {k: v for k, v in row.items() if k not in ("teacher_hidden", "split")}
+
+
 def draws(cfg: RunConfig, train: list[dict[str, Any]], num_labels: int):
     """(method, k, seed) → the original rows it trains on (CoD: k/2 of them)."""
     from raydistill.pipelines.kshot import sample_kshot
@@ -130,12 +135,16 @@ def prepare(cfg: RunConfig, sw: Stopwatch | None = None) -> Prepared:
     needs_hidden = any(METHODS[m][1] for m in cfg.experiment.methods)
     originals = {r["id"]: r for rows in plan.values() for r in rows}
     with sw.stage("annotate"):
-        ann = annotate_rows(
-            list(originals.values()), teacher_dir, max_length=cfg.teacher.max_length, with_hidden=needs_hidden
+        # One Ray Data pass over every row the run needs (one teacher forward per row).
+        tagged = (
+            [dict(r, split="kshot") for r in originals.values()]
+            + [dict(r, split="dev") for r in dev]
+            + [dict(r, split="test") for r in test]
         )
-        originals = {r["id"]: r for r in ann}
-        dev = annotate_rows(dev, teacher_dir, max_length=cfg.teacher.max_length)
-        test = annotate_rows(test, teacher_dir, max_length=cfg.teacher.max_length)
+        ann = annotate_rows(tagged, teacher_dir, max_length=cfg.teacher.max_length, with_hidden=needs_hidden)
+        originals = {r["id"]: r for r in ann if r["split"] == "kshot"}
+        dev = [_slim(r) for r in ann if r["split"] == "dev"]
+        test = [_slim(r) for r in ann if r["split"] == "test"]
     teacher_info = dict(
         teacher_info,
         test_accuracy=float(np.mean([r["teacher_pred"] == r["label"] for r in test])),
@@ -161,12 +170,11 @@ def prepare(cfg: RunConfig, sw: Stopwatch | None = None) -> Prepared:
                 gen_stats = stats.summary()
             else:
                 cf_records, gen_stats = generate_cached(cfg, spec, list(cod_seeds.values()), teacher_dir)
-        usable = [r for r in cf_records if r["flipped"] or r["source"].startswith("human")]
-        with sw.stage("annotate"):
-            ann_cf = annotate_rows(
-                usable, teacher_dir, max_length=cfg.teacher.max_length, with_hidden=needs_hidden
-            )
-        counterfactuals = {r["parent_id"]: r for r in ann_cf}
+        # Human edits are ground truth and used whatever the teacher says; LLM edits only
+        # when the teacher verified the flip.
+        counterfactuals = {
+            r["parent_id"]: r for r in cf_records if r["flipped"] or r["source"].startswith("human")
+        }
         from raydistill.pipelines.counterfactuals import save_records
 
         save_records(cf_records, out / "counterfactuals.parquet")

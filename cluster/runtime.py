@@ -21,6 +21,7 @@ def runtime_env() -> dict[str, Any]:
     env = {k: os.environ[k] for k in keep if k in os.environ}
     # Quiet, deterministic CPU workers: one BLAS pool per worker, no tokenizer threads.
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("TRANSFORMERS_VERBOSITY", "error")  # weight-load reports drown the logs
     return {"env_vars": env}
 
 

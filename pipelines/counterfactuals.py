@@ -101,9 +101,17 @@ class FlipVerifier:
             cleaned.append(kept)
             rejects.append(dict(why))
             flat.extend(kept)
-        probs = softmax(self.clf.logits(flat)) if flat else np.zeros((0, 1))
+        # Logits and pooled hidden states of every candidate in one forward: the chosen
+        # one's are stored with the record, so training never runs the teacher again.
+        if flat:
+            logits, hidden = self.clf.logits_and_hidden(flat)
+        else:
+            logits, hidden = np.zeros((0, self.clf.num_labels)), np.zeros((0, 1, 1))
+        probs = softmax(logits)
+        index = {t: j for j, t in enumerate(flat)}
         out: dict[str, list[Any]] = {
-            k: [] for k in ("flipped", "cf_text", "edit_words", "cf_probs", "closest", "rejects", "num_valid")
+            k: []
+            for k in ("flipped", "cf_text", "edit_words", "cf_logits", "cf_hidden", "closest", "rejects", "num_valid")
         }
         pos = 0
         for i in range(n):
@@ -115,7 +123,9 @@ class FlipVerifier:
             out["flipped"].append(res["flipped"])
             out["cf_text"].append(res["text"])
             out["edit_words"].append(res["edit_words"])
-            out["cf_probs"].append(json.dumps(res["probs"]))
+            j = index.get(res["text"]) if res["flipped"] else None
+            out["cf_logits"].append(logits[j].tolist() if j is not None else [])
+            out["cf_hidden"].append(hidden[j].tolist() if j is not None else [])
             out["closest"].append(res["closest"])
             out["rejects"].append(json.dumps(rejects[i]))
             out["num_valid"].append(k)
@@ -247,7 +257,9 @@ def generate_counterfactuals(
                 if rnd == gen.rounds:
                     done[p["id"]] = _record(p, r, source, rnd, False)
         if progress:
-            progress(f"round {rnd}: {len(done) - len(pending)} flipped so far, {len(pending)} pending")
+            flipped = sum(1 for d in done.values() if d["flipped"])
+            left = len(pending) if rnd < gen.rounds else 0
+            progress(f"round {rnd}/{gen.rounds}: {flipped}/{stats.seeds} seeds flipped, {left} retrying")
     stats.wall_s = time.perf_counter() - t0
     records = [done[s["id"]] for s in seeds]
     for rec in records:
@@ -270,9 +282,16 @@ def _record(p: dict[str, Any], r: dict[str, Any], source: str, rnd: int, flipped
         "rounds": rnd,
         "attempts": int(p["attempts"]),
         "edit_words": int(r["edit_words"]) if flipped else -1,
-        "teacher_probs": json.loads(r["cf_probs"]) if flipped else [],
+        "teacher_logits": _floats(r["cf_logits"]) if flipped else [],
+        "teacher_hidden": _floats(r["cf_hidden"]) if flipped else [],
+        "teacher_pred": int(p["target"]) if flipped else -1,
         "generated_tokens": int(p["tokens"]),
     }
+
+
+def _floats(x: Any) -> list:
+    """Arrow/numpy nested arrays → plain nested lists of float."""
+    return np.asarray(x.tolist() if hasattr(x, "tolist") else x, dtype=np.float32).tolist()
 
 
 def human_counterfactual_records(
@@ -289,11 +308,11 @@ def human_counterfactual_records(
         raise KeyError(f"no human counterfactual for seed ids {missing[:5]}")
     clf = Classifier(teacher_dir, max_length=max_length)
     texts = [human[s["id"]]["text"] for s in seeds]
-    probs = softmax(clf.logits(texts))
+    logits, hidden = clf.logits_and_hidden(texts)
     records = []
-    for s, text, p in zip(seeds, texts, probs, strict=True):
+    for s, text, lg, hd in zip(seeds, texts, logits, hidden, strict=True):
         label = int(human[s["id"]]["label"])
-        agrees = int(np.argmax(p)) == label
+        agrees = int(np.argmax(lg)) == label
         d = word_edit_distance(s["text"], text)
         records.append(
             {
@@ -307,7 +326,9 @@ def human_counterfactual_records(
                 "rounds": 0,
                 "attempts": 1,
                 "edit_words": d,
-                "teacher_probs": [float(x) for x in p],
+                "teacher_logits": lg.tolist(),
+                "teacher_hidden": hd.tolist(),
+                "teacher_pred": int(np.argmax(lg)),
                 "generated_tokens": 0,
             }
         )

@@ -60,10 +60,11 @@ def annotate_rows(
         num_cpus=num_cpus,
     )
     out = ds.take_all()
-    by_id = {r["id"]: r for r in out}
+    key = (lambda r: (r["id"], r.get("split")))
+    by_id = {key(r): r for r in out}
     if len(by_id) != len(rows):
         raise RuntimeError(f"teacher annotation returned {len(by_id)} of {len(rows)} rows")
-    return [_to_python(by_id[r["id"]]) for r in rows]
+    return [_to_python(by_id[key(r)]) for r in rows]
 
 
 def _to_python(row: dict[str, Any]) -> dict[str, Any]:

@@ -136,6 +136,8 @@ class ClassifierPool:
         max_batch_size: int = 32,
         batch_wait_timeout_s: float = 0.01,
     ):
+        import transformers  # noqa: F401  (pay the slow import at start-up, not per request)
+
         self._paths = dict(models)
         self._max_length = int(max_length)
         self._classify_batch.set_max_batch_size(int(max_batch_size))
@@ -315,7 +317,8 @@ def _build_fastapi(ingress: StudentAPI):
 
     @app.get("/v1/shadow", dependencies=protected, tags=["ops"])
     async def shadow():
-        return ingress.stats.snapshot()
+        # pending: shadow requests sent to the teacher whose answers are not counted yet.
+        return {**ingress.stats.snapshot(), "pending": len(ingress._tasks)}
 
     return app
 

@@ -87,17 +87,22 @@ def wait_until_ready(
     *,
     what: str,
     check_failed: Callable[[], str | None] | None = None,
+    also_ready: Callable[[], str | None] | None = None,
     poll_s: float = 1.0,
 ) -> None:
     """Poll GET /models until it answers 200 with a model list, or raise PoolStartError.
 
-    `check_failed` is called between polls; a non-None string aborts at once (for a
-    Serve app that reports DEPLOY_FAILED there is no point waiting out the timeout).
+    `also_ready` (if given) must return None too before the pool counts as ready (Serve
+    LLM's ingress answers /v1/models before the engine replica is up). `check_failed` is
+    called between polls; a non-None string aborts at once (for a Serve app that reports
+    DEPLOY_FAILED there is no point waiting out the timeout).
     """
     deadline = time.monotonic() + timeout_s
     last = "no answer yet"
     while True:
         why = probe_models(endpoint)
+        if why is None and also_ready is not None:
+            why = also_ready()
         if why is None:
             return
         last = why
@@ -136,6 +141,42 @@ def _serve_app_problem(app_name: str) -> str | None:
                 details.append(f"{name}: {dep.message}")
         return "\n".join(details)[:4000]
     return None
+
+
+def _serve_app_not_running(app_name: str) -> str | None:
+    """None once every deployment of the app is up (status RUNNING), else its status."""
+    from ray import serve
+
+    try:
+        app = serve.status().applications.get(app_name)
+    except Exception as e:
+        return f"serve.status() failed: {e}"
+    if app is None:
+        return f"app {app_name} not deployed yet"
+    status = str(getattr(app.status, "value", app.status))
+    return None if status == "RUNNING" else f"app {app_name} is {status}"
+
+
+def warm_up(endpoint: Endpoint, timeout_s: float) -> None:
+    """One tiny chat request: proves the engine and the chat template work end to end."""
+    body = {
+        "model": endpoint.model,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 1,
+        "temperature": 0.0,
+    }
+    try:
+        r = httpx.post(
+            endpoint.chat_url, json=body, headers=endpoint.headers, timeout=max(timeout_s, 5.0)
+        )
+    except httpx.HTTPError as e:
+        raise PoolStartError(
+            f"warm-up request to {endpoint.chat_url} failed: {type(e).__name__}: {e}"
+        ) from None
+    if r.status_code != 200:
+        raise PoolStartError(
+            f"warm-up request to {endpoint.chat_url} answered HTTP {r.status_code}: {r.text[:500]}"
+        )
 
 
 def _serve_app_state(app_name: str) -> str:
@@ -193,7 +234,10 @@ class _ServePool:
                 self.cfg.startup_timeout_s,
                 what=f"teacher pool ({self.kind}, model {self.cfg.model})",
                 check_failed=lambda: _serve_app_problem(self.app_name),
+                also_ready=lambda: _serve_app_not_running(self.app_name),
             )
+            left = self.cfg.startup_timeout_s - (time.monotonic() - t0)
+            warm_up(endpoint, left)
         except PoolStartError as e:
             state = _serve_app_state(self.app_name)
             self.shutdown()
@@ -266,7 +310,10 @@ class VLLMPool(_ServePool):
             deployment_config=dict(
                 autoscaling_config=dict(
                     min_replicas=int(cfg.min_replicas), max_replicas=int(cfg.max_replicas)
-                )
+                ),
+                # Serve LLM adds the replica actor's own CPU (default 1) to the engine's
+                # bundle; 0 makes pool.num_cpus the whole per-replica reservation.
+                ray_actor_options=dict(num_cpus=0),
             ),
         )
         if cfg.num_gpus > 0:
@@ -293,7 +340,12 @@ class VLLMPool(_ServePool):
 
         model_dir = resolve_model(self.cfg.model, self.cache_dir)
         llm_config = LLMConfig(**self.llm_config_kwargs(model_dir))
-        return build_openai_app(LLMServingArgs(llm_configs=[llm_config]))
+        args: dict[str, Any] = dict(llm_configs=[llm_config])
+        if os.environ.get("RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING", "0") != "1":
+            # The OpenAI router only forwards requests: without this it takes a whole
+            # CPU, a third of a 2-core machine. (Direct streaming has no separate ingress.)
+            args["ingress_deployment_config"] = dict(ray_actor_options=dict(num_cpus=0))
+        return build_openai_app(LLMServingArgs(**args))
 
 
 class HFPool(_ServePool):

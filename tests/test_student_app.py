@@ -289,32 +289,39 @@ def test_errors_and_app_stays_up(server):
     assert bare.get("/healthz").status_code == 200
 
 
+def _settled_shadow(client: httpx.Client) -> dict:
+    """/v1/shadow once no teacher call is in flight (scoring runs in the background)."""
+    deadline = time.time() + 60
+    while True:
+        snap = client.get("/v1/shadow").json()
+        if snap["pending"] == 0:
+            return snap
+        assert time.time() < deadline, snap
+        time.sleep(0.2)
+
+
 def test_shadow_agreement(server):
-    before = server.get("/v1/shadow").json()
+    before = _settled_shadow(server)
     assert before["teacher"] == "teacher" and before["fraction"] == 1.0
     n_small, n_wide = 3, 2
     for _ in range(n_small):
         assert server.post("/v1/classify", json={"model": "small", "inputs": TEXTS}).is_success
     for _ in range(n_wide):
         assert server.post("/v1/classify", json={"model": "wide", "inputs": TEXTS}).is_success
+    snap = _settled_shadow(server)
+    assert snap["errors"] == before["errors"] == 0
+    # shadow_fraction=1.0: every request was also scored by the teacher.
+    assert snap["requests"] == before["requests"] + n_small + n_wide
+    assert snap["inputs"] == before["inputs"] + (n_small + n_wide) * len(TEXTS)
 
-    def done(snap, model, n):
-        prev = before["by_model"].get(model, {}).get("requests", 0)
-        return snap["by_model"].get(model, {}).get("requests", 0) >= prev + n
+    def moved(model: str, key: str) -> int:
+        return snap["by_model"][model][key] - before["by_model"].get(model, {}).get(key, 0)
 
-    deadline = time.time() + 60
-    while True:  # teacher scoring runs in the background
-        snap = server.get("/v1/shadow").json()
-        if done(snap, "small", n_small) and done(snap, "wide", n_wide):
-            break
-        assert time.time() < deadline, snap
-        time.sleep(0.2)
-    assert snap["errors"] == 0
-    assert snap["requests"] >= before["requests"] + n_small + n_wide
-    assert snap["inputs"] >= before["inputs"] + (n_small + n_wide) * len(TEXTS)
+    assert moved("small", "requests") == n_small and moved("wide", "requests") == n_wide
     # The teacher is the "small" checkpoint: it agrees with itself everywhere.
     small = snap["by_model"]["small"]
     assert small["agreement"] == 1.0 and small["agreed"] == small["inputs"]
+    assert moved("small", "agreed") == n_small * len(TEXTS)
     wide = snap["by_model"]["wide"]
-    assert 0.0 <= wide["agreement"] <= 1.0
+    assert 0.0 <= wide["agreement"] <= 1.0 and 0 <= moved("wide", "agreed") <= n_wide * len(TEXTS)
     assert snap["agreement"] == pytest.approx(snap["agreed"] / snap["inputs"])
