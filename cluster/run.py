@@ -350,8 +350,16 @@ def read_results(out_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def train(cfg: RunConfig, prep: Prepared | None = None, sw: Stopwatch | None = None) -> list[dict[str, Any]]:
-    """Train every (method, k, seed) student not trained yet; return all results."""
+def train(
+    cfg: RunConfig,
+    prep: Prepared | None = None,
+    sw: Stopwatch | None = None,
+    callbacks: list | None = None,
+) -> list[dict[str, Any]]:
+    """Train every (method, k, seed) student not trained yet; return all results.
+
+    `callbacks` go to the Ray Train RunConfig (Ray Tune passes its report callback here).
+    """
     from raydistill.cluster.runtime import ensure_ray
     from raydistill.training.loop import fit_jobs
 
@@ -371,6 +379,7 @@ def train(cfg: RunConfig, prep: Prepared | None = None, sw: Stopwatch | None = N
                 num_workers=cfg.student.num_workers,
                 storage_path=str((out / "ray_train").resolve()),
                 name=f"students-{int(time.time())}",
+                run_callbacks=callbacks,
             )
         students = out / "students"
         with (out / "results.jsonl").open("a") as f:

@@ -137,6 +137,28 @@ class ExperimentConfig:
 
 
 @dataclass
+class SweepConfig:
+    """A Ray Tune sweep over the recipe: search space, scheduler, budget.
+
+    `space` maps dotted config keys to a distribution, e.g.
+    `student.alpha: {type: uniform, low: 0.0, high: 2.0}` or
+    `student.temperature: {type: grid, values: [1, 2, 4]}`
+    (types: grid, choice, uniform, loguniform, randint).
+    """
+
+    space: dict[str, Any] = field(default_factory=dict)
+    num_samples: int = 4
+    max_concurrent_trials: int = 1
+    metric: str = "dev_accuracy"
+    mode: str = "max"
+    scheduler: str = "asha"  # asha | fifo
+    grace_period: int = 1
+    search_alg: str = "random"  # random | optuna (if installed)
+    workers_per_trial: int = 1
+    seed: int = 0
+
+
+@dataclass
 class ClusterConfig:
     """How to reach Ray: join $RAY_ADDRESS if set, else start a local cluster."""
 
@@ -158,6 +180,7 @@ class RunConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def resolved_cache_dir(self) -> Path:

@@ -288,9 +288,23 @@ def _missing_vllm_message(what: str) -> str:
 
 
 class VLLMPool(_ServePool):
-    """Ray Serve LLM (vLLM engine) behind Serve's OpenAI-compatible ingress."""
+    """Ray Serve LLM (vLLM engine) behind Serve's OpenAI-compatible ingress.
+
+    `engine_kwargs` are extra vLLM engine arguments, merged over the ones derived from
+    the config.
+    """
 
     kind = "vllm"
+
+    def __init__(
+        self,
+        cfg: PoolConfig,
+        cache_dir: str | Path | None = None,
+        *,
+        engine_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(cfg, cache_dir)
+        self.extra_engine_kwargs = dict(engine_kwargs or {})
 
     def llm_config_kwargs(self, model_dir: str) -> dict[str, Any]:
         """The `LLMConfig(...)` arguments (separate so they can be checked without vLLM)."""
@@ -306,6 +320,7 @@ class VLLMPool(_ServePool):
                 max_model_len=int(cfg.max_model_len),
                 dtype=cfg.dtype,
                 gpu_memory_utilization=float(cfg.gpu_memory_utilization),
+                **self.extra_engine_kwargs,
             ),
             deployment_config=dict(
                 autoscaling_config=dict(

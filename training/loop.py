@@ -253,9 +253,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     jobs: list[TrainJob] = config["jobs"]
+    dev_scores: list[float] = []
 
     def report(metrics, ckpt_dir, history):
-        metrics = dict(metrics, history=history)
+        # The running mean over the jobs done so far lets Tune's ASHA stop a trial after
+        # its first seeds instead of only at the end.
+        dev_scores.append(metrics["dev_accuracy"])
+        metrics = dict(
+            metrics, history=history, mean_dev_accuracy=float(np.mean(dev_scores)), jobs_done=len(dev_scores)
+        )
         if ckpt_dir is not None:
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(ckpt_dir))
         else:
