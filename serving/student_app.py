@@ -197,6 +197,18 @@ class ClassifyResponse(BaseModel):
     results: list[Prediction]
 
 
+def _serve_unavailable() -> tuple[type[BaseException], ...]:
+    try:
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+        return (BackPressureError, DeploymentUnavailableError)
+    except ImportError:  # older Ray
+        return ()
+
+
+_SERVE_UNAVAILABLE = _serve_unavailable()
+
+
 def _build_fastapi(ingress: StudentAPI):
     """The FastAPI app of one ingress replica; routes close over its settings."""
     from fastapi import Depends, FastAPI, HTTPException, Request
@@ -306,6 +318,8 @@ def _build_fastapi(ingress: StudentAPI):
             results = await ingress.students.options(
                 multiplexed_model_id=req.model
             ).classify.remote(req.inputs)
+        except _SERVE_UNAVAILABLE:
+            raise  # Serve answers these with 503 (overload / no replica yet)
         except Exception as e:
             logger.exception("classification failed for model %r", req.model)
             raise HTTPException(

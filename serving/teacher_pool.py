@@ -291,7 +291,12 @@ class VLLMPool(_ServePool):
     """Ray Serve LLM (vLLM engine) behind Serve's OpenAI-compatible ingress.
 
     `engine_kwargs` are extra vLLM engine arguments, merged over the ones derived from
-    the config.
+    the config (and over `cfg.engine_kwargs`, should PoolConfig grow such a field).
+
+    On CPU the engine runs eagerly (`enforce_eager=True`) unless told otherwise: vLLM's
+    CPU backend otherwise compiles the model with torch inductor at start-up, which took
+    more than 3 minutes on a busy 2-core machine (eager: the pool answered in ~1-3 min).
+    Pass `engine_kwargs={"enforce_eager": False}` to compile.
     """
 
     kind = "vllm"
@@ -304,7 +309,10 @@ class VLLMPool(_ServePool):
         engine_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(cfg, cache_dir)
-        self.extra_engine_kwargs = dict(engine_kwargs or {})
+        self.extra_engine_kwargs = {
+            **(getattr(cfg, "engine_kwargs", None) or {}),
+            **(engine_kwargs or {}),
+        }
 
     def llm_config_kwargs(self, model_dir: str) -> dict[str, Any]:
         """The `LLMConfig(...)` arguments (separate so they can be checked without vLLM)."""
@@ -320,7 +328,6 @@ class VLLMPool(_ServePool):
                 max_model_len=int(cfg.max_model_len),
                 dtype=cfg.dtype,
                 gpu_memory_utilization=float(cfg.gpu_memory_utilization),
-                **self.extra_engine_kwargs,
             ),
             deployment_config=dict(
                 autoscaling_config=dict(
@@ -331,6 +338,9 @@ class VLLMPool(_ServePool):
                 ray_actor_options=dict(num_cpus=0),
             ),
         )
+        if cfg.num_gpus <= 0:
+            kwargs["engine_kwargs"]["enforce_eager"] = True
+        kwargs["engine_kwargs"].update(self.extra_engine_kwargs)
         if cfg.num_gpus > 0:
             # One GPU bundle per replica (no tensor parallelism in PoolConfig).
             kwargs["placement_group_config"] = dict(

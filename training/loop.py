@@ -217,6 +217,14 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
         )
         engine.backward(loss)
         engine.step()
+        if rank == 0 and total_steps >= 50 and step % max(1, total_steps // 10) == 0:
+            # Long jobs (the teacher) print progress; few-shot students are too quick to.
+            el = time.perf_counter() - t0
+            print(
+                f"[{job.name}] step {step}/{total_steps} loss {last_parts['loss']:.4f} "
+                f"{el:.0f}s elapsed, ~{el / step * (total_steps - step):.0f}s left",
+                flush=True,
+            )
         if step % eval_steps == 0 or step == total_steps:
             m = evaluate(student.model, tokenizer, dev_rows, None, job.max_length, rank, world)
             history.append({"step": step, "dev_accuracy": m["accuracy"], **last_parts})

@@ -1,0 +1,76 @@
+"""Students without a cluster: truncation, LWD wiring, HF-format checkpoints."""
+
+import pytest
+import torch
+
+from raydistill.registry import resolve_model
+from raydistill.training.loop import TrainJob, deepspeed_config
+from raydistill.training.students import DistillStudent, default_layer_map
+
+
+def test_default_layer_map_spreads_evenly():
+    assert default_layer_map(2, 6) == [3, 6]
+    assert default_layer_map(3, 6) == [2, 4, 6]
+    assert default_layer_map(1, 2) == [2]
+
+
+def _batch(tok, texts=("a fine film", "a dull and boring film")):
+    enc = tok(list(texts), return_tensors="pt", padding=True)
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def test_student_truncates_and_projects(tmp_path):
+    from transformers import AutoTokenizer
+
+    wide = resolve_model("tiny-bert-wide")  # 96 wide teacher stand-in
+    small = resolve_model("tiny-bert")  # 64 wide student
+    s = DistillStudent(small, ["neg", "pos"], num_layers=1, teacher_width=96, teacher_layers=2)
+    assert s.model.config.num_hidden_layers == 1 and s.layer_map == [2]
+    tok = AutoTokenizer.from_pretrained(small)
+    logits, proj = s(*_batch(tok), with_hidden=True)
+    assert logits.shape == (2, 2) and proj.shape == (2, 1, 96)
+    s.save(tmp_path / "ckpt", tok)
+    assert (tmp_path / "ckpt" / "lwd_projection.safetensors").exists()
+
+    from transformers import AutoModelForSequenceClassification
+
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path / "ckpt")
+    assert plain.config.id2label == {0: "neg", 1: "pos"}
+    with torch.no_grad():
+        s.model.eval()
+        a = s.model(*_batch(tok)).logits
+        b = plain(*_batch(tok)).logits
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_same_width_needs_no_projection_weights(tmp_path):
+    small = resolve_model("tiny-bert")
+    s = DistillStudent(small, ["a", "b", "c"], num_layers=2, teacher_width=64, teacher_layers=2)
+    assert s.projection is not None and s.projection.identity
+    assert s.model.config.num_labels == 3
+
+
+def test_bad_layer_map_and_too_many_layers():
+    small = resolve_model("tiny-bert")
+    with pytest.raises(ValueError, match="lwd_layer_map has 3 entries"):
+        DistillStudent(small, ["a", "b"], num_layers=2, layer_map=[1, 2, 2], teacher_width=64)
+    with pytest.raises(ValueError, match="num_layers=5"):
+        DistillStudent(small, ["a", "b"], num_layers=5)
+
+
+def test_decoder_only_student():
+    llama = resolve_model("tiny-llama")
+    s = DistillStudent(llama, ["neg", "pos"], num_layers=1, teacher_width=64, teacher_layers=2)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(llama)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    logits, proj = s(*_batch(tok), with_hidden=True)
+    assert logits.shape == (2, 2) and proj.shape == (2, 1, 64)
+
+
+def test_deepspeed_config_shape():
+    job = TrainJob(name="j", backbone="x", label_names=["a", "b"], train_rows=[], dev_rows=[], test_rows=[], zero_stage=2)
+    cfg = deepspeed_config(job, micro_batch=4, world=2)
+    assert cfg["train_batch_size"] == 8 and cfg["zero_optimization"]["stage"] == 2
+    assert not cfg["fp16"]["enabled"] and not cfg["bf16"]["enabled"]

@@ -1,0 +1,474 @@
+"""Teacher pool (serving/) and the Ray Data chat stage (pipelines/llm_stage.py).
+
+Unit tests run without Ray. The integration tests start one local Ray cluster for the
+module, serve tiny-llama with the hf backend through real Ray Serve, and push Ray
+Datasets through `chat_stage`. The vLLM test (marker `vllm`) serves SmolLM2-135M with
+Ray Serve LLM; it is skipped when vllm is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import socket
+import time
+
+import httpx
+import pytest
+from raydistill.pipelines.llm_stage import (
+    ChatResult,
+    Sampling,
+    build_payload,
+    chat_results,
+    chat_stage,
+    chat_sync,
+    normalize_messages,
+    parse_chat_response,
+    parse_envelope,
+    parse_http_result,
+)
+from raydistill.serving.teacher_pool import (
+    BACKENDS,
+    Endpoint,
+    OpenAIPool,
+    PoolStartError,
+    VLLMPool,
+    make_pool,
+)
+
+from raydistill.config import PoolConfig
+
+pytestmark = pytest.mark.timeout(900)
+
+USER = [{"role": "user", "content": "Rewrite: the film was great."}]
+
+
+def _free_port(lo: int = 8100, hi: int = 8200) -> int:
+    """A free port in 8100-8199 (colleagues' Serve instances use other ports)."""
+    for port in range(lo, hi):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {lo}-{hi - 1}")
+
+
+def _dead_endpoint() -> Endpoint:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    return Endpoint(f"http://127.0.0.1:{port}/v1", "teacher", {})
+
+
+# ====================================================================== unit tests
+
+
+def test_make_pool_unknown_backend_lists_known_ones():
+    with pytest.raises(ValueError) as e:
+        make_pool(PoolConfig(backend="tgi"))
+    msg = str(e.value)
+    assert "tgi" in msg
+    for name in ("vllm", "hf", "openai"):
+        assert name in msg
+    assert set(BACKENDS) == {"vllm", "hf", "openai"}
+
+
+def test_make_pool_known_backends_construct_without_starting():
+    for name in BACKENDS:
+        pool = make_pool(PoolConfig(backend=name))
+        assert hasattr(pool, "start") and hasattr(pool, "shutdown")
+
+
+def test_endpoint_urls():
+    ep = Endpoint("http://h:1/v1/", "m", {})
+    assert ep.chat_url == "http://h:1/v1/chat/completions"
+    assert ep.models_url == "http://h:1/v1/models"
+
+
+def test_openai_pool_needs_url_and_reads_key(monkeypatch):
+    with pytest.raises(PoolStartError, match="pool.url"):
+        OpenAIPool(PoolConfig(backend="openai")).start()
+    monkeypatch.setenv("RD_TEST_KEY", "sk-test")
+    cfg = PoolConfig(backend="openai", url="http://127.0.0.1:9/v1/", api_key_env="RD_TEST_KEY")
+    ep = OpenAIPool(cfg).endpoint()
+    assert ep.headers == {"Authorization": "Bearer sk-test"}
+    assert ep.base_url == "http://127.0.0.1:9/v1"
+    monkeypatch.delenv("RD_TEST_KEY")
+    assert OpenAIPool(cfg).endpoint().headers == {}
+
+
+def test_openai_pool_unreachable_fails_fast_with_clear_message():
+    dead = _dead_endpoint()
+    cfg = PoolConfig(backend="openai", url=dead.base_url, startup_timeout_s=1.5)
+    t0 = time.monotonic()
+    with pytest.raises(PoolStartError) as e:
+        make_pool(cfg).start()
+    assert time.monotonic() - t0 < 15
+    assert dead.base_url in str(e.value) and "did not answer" in str(e.value)
+
+
+def test_vllm_llm_config_on_cpu_and_gpu():
+    cpu = VLLMPool(PoolConfig(num_cpus=2, min_replicas=1, max_replicas=3)).llm_config_kwargs("/m")
+    assert cpu["model_loading_config"] == {"model_id": "teacher", "model_source": "/m"}
+    assert cpu["engine_kwargs"]["gpu_memory_utilization"] == 0.1
+    assert cpu["engine_kwargs"]["max_model_len"] == 1024
+    assert cpu["engine_kwargs"]["enforce_eager"] is True
+    assert cpu["placement_group_config"]["bundles"] == [{"CPU": 2.0}]
+    auto = cpu["deployment_config"]["autoscaling_config"]
+    assert (auto["min_replicas"], auto["max_replicas"]) == (1, 3)
+    gpu = VLLMPool(
+        PoolConfig(num_gpus=1, gpu_memory_utilization=0.9),
+        engine_kwargs={"max_num_seqs": 8},
+    ).llm_config_kwargs("/m")
+    assert gpu["placement_group_config"]["bundles"] == [{"CPU": 1.0, "GPU": 1.0}]
+    assert "enforce_eager" not in gpu["engine_kwargs"]
+    assert gpu["engine_kwargs"]["max_num_seqs"] == 8
+    with pytest.raises(ValueError, match="min_replicas"):
+        VLLMPool(PoolConfig(min_replicas=2, max_replicas=1)).llm_config_kwargs("/m")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_dir():
+    from raydistill.registry import resolve_model
+
+    return resolve_model("tiny-llama")
+
+
+def test_hf_engine_returns_n_candidates_with_token_counts(tiny_llama_dir):
+    from raydistill.serving.hf_chat import HFChatEngine
+
+    eng = HFChatEngine(tiny_llama_dir)
+    convs = [
+        USER,
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi " * 20}],
+    ]
+    out = eng.generate(convs, n=3, temperature=0.9, top_p=0.95, max_tokens=6, seed=7)
+    assert len(out) == 2
+    for choices in out:
+        assert len(choices) == 3
+        for text, count in choices:
+            assert isinstance(text, str)
+            assert 1 <= count <= 6
+    # Same seed, same batch → same samples; greedy → n identical answers.
+    again = eng.generate(convs, n=3, temperature=0.9, top_p=0.95, max_tokens=6, seed=7)
+    assert again == out
+    greedy = eng.generate(convs, n=2, temperature=0.0, top_p=1.0, max_tokens=4, seed=None)
+    assert all(len(c) == 2 and c[0] == c[1] for c in greedy)
+    res, prompt_lens = eng.generate_with_usage([USER], n=1, max_tokens=2)
+    assert prompt_lens[0] == eng.count_prompt_tokens(USER) > 5
+    assert eng.generate([], n=2) == []
+    with pytest.raises(ValueError):
+        eng.generate([USER], n=0)
+
+
+GOOD = {
+    "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "a"}},
+        {"index": 1, "message": {"role": "assistant", "content": "b"}},
+    ],
+    "usage": {"completion_tokens": 7},
+}
+
+
+@pytest.mark.parametrize(
+    "obj, cands, tokens, err",
+    [
+        (GOOD, ["a", "b"], 7, ""),
+        ({"choices": [{"message": {"content": "x"}}]}, ["x"], 0, ""),  # no usage
+        ({**GOOD, "usage": {"completion_tokens": "7"}}, ["a", "b"], 0, ""),
+        ({**GOOD, "usage": {"completion_tokens": -3}}, ["a", "b"], 0, ""),
+        ({**GOOD, "usage": {"completion_tokens": True}}, ["a", "b"], 0, ""),
+        ({**GOOD, "usage": {"completion_tokens": 4.0}}, ["a", "b"], 4, ""),
+        ({**GOOD, "usage": "lots"}, ["a", "b"], 0, ""),
+        # malformed choices are skipped, the rest kept
+        (
+            {
+                "choices": [
+                    None,
+                    "str",
+                    {"message": None},
+                    {"message": {"content": None}},
+                    {"message": {"content": 5}},
+                    {"message": {"content": "ok"}},
+                    {"message": {"content": [{"type": "text", "text": "p"}, {"x": 1}]}},
+                    {"text": "legacy"},
+                ]
+            },
+            ["ok", "p", "legacy"],
+            0,
+            "",
+        ),
+        ({"choices": []}, [], 0, "0 choices"),
+        ({"choices": [{"message": {"content": None}}]}, [], 0, "none with text"),
+        ({"choices": "abc"}, [], 0, "no 'choices' list"),
+        ({}, [], 0, "no 'choices' list"),
+        ({"error": {"message": "model overloaded"}}, [], 0, "model overloaded"),
+        ({"error": "boom"}, [], 0, "boom"),
+        ({"detail": [{"msg": "field required"}]}, [], 0, "field required"),
+        ([1, 2], [], 0, "not a JSON object"),
+        ("choices", [], 0, "not a JSON object"),
+        (None, [], 0, "not a JSON object"),
+        (42, [], 0, "not a JSON object"),
+    ],
+)
+def test_parse_chat_response_untrusted(obj, cands, tokens, err):
+    res = parse_chat_response(obj)
+    assert isinstance(res, ChatResult)
+    assert res.candidates == cands
+    assert res.generated_tokens == tokens
+    if err:
+        assert err in res.error
+    else:
+        assert res.error == ""
+
+
+def test_parse_http_result_and_envelope():
+    ok = json.dumps(GOOD)
+    assert parse_http_result(200, ok) == ChatResult(["a", "b"], 7, "")
+    assert parse_http_result(200, ok.encode()) == ChatResult(["a", "b"], 7, "")
+    r = parse_http_result(500, "Internal Server Error")
+    assert r.candidates == [] and r.error.startswith("HTTP 500") and "Internal" in r.error
+    r = parse_http_result(400, json.dumps({"error": {"message": "n: too big"}}))
+    assert r.error == "HTTP 400: n: too big"
+    assert "not valid JSON" in parse_http_result(200, "<html>").error
+    assert "not valid JSON" in parse_http_result(200, "").error
+    assert "not valid JSON" in parse_http_result(200, b"\xff\xfe").error
+    assert parse_http_result(None, None, "ConnectError: refused").error == "ConnectError: refused"
+    assert "x" * 600 not in parse_http_result(502, "x" * 5000).error  # clipped
+    # the envelope our Ray Data session produces
+    assert parse_envelope({"status": 200, "body": ok, "error": ""}).candidates == ["a", "b"]
+    assert "refused" in parse_envelope({"status": 0, "body": "", "error": "refused"}).error
+    assert parse_envelope({"status": "x", "body": ok, "error": ""}).error.startswith("HTTP None")
+    assert "malformed transport" in parse_envelope(None).error
+
+
+def test_normalize_messages_and_payload():
+    import numpy as np
+
+    msgs = np.array([{"role": "user", "content": "hi"}], dtype=object)
+    assert normalize_messages(msgs) == [{"role": "user", "content": "hi"}]
+    for bad in (None, "hi", [], [{"role": "user"}], [{"role": None, "content": "x"}], 5, [3]):
+        with pytest.raises(ValueError):
+            normalize_messages(bad)
+    p = build_payload("teacher", USER, Sampling(n=3, seed=None))
+    assert p["n"] == 3 and p["model"] == "teacher" and "seed" not in p
+    assert build_payload("t", USER, Sampling(seed=5))["seed"] == 5
+
+
+def test_chat_sync_unreachable_reports_errors():
+    dead = _dead_endpoint()
+    res = chat_results(dead, [USER, USER], Sampling(), max_retries=0)
+    assert [r.candidates for r in res] == [[], []]
+    assert all("failed after 1 attempt" in r.error for r in res)
+    with pytest.raises(RuntimeError, match="2 of 2 chat requests failed"):
+        chat_sync(dead, [USER, USER], Sampling(), max_retries=0)
+    assert chat_sync(dead, [USER], Sampling(), max_retries=0, raise_on_error=False) == [([], 0)]
+
+
+# =============================================================== integration: Ray
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+    from ray import serve
+
+    ray.init(num_cpus=4, object_store_memory=1_000_000_000, include_dashboard=False)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    serve.shutdown()
+    ray.shutdown()
+
+
+def _rows(n: int) -> list[dict]:
+    return [
+        {
+            "id": f"r{i}",
+            "label": i % 2,
+            "logits": [0.5 * i, -0.5 * i],
+            "meta": {"source": "unit", "k": i},
+            "messages": [
+                {"role": "system", "content": "You rewrite movie reviews."},
+                {"role": "user", "content": f"Review {i}: the plot was fine."},
+            ],
+        }
+        for i in range(n)
+    ]
+
+
+def _check_carried(rows: list[dict], out: list[dict]) -> None:
+    assert len(out) == len(rows)  # nothing dropped
+    by_id = {r["id"]: r for r in out}
+    for r in rows:
+        o = by_id[r["id"]]
+        assert o["label"] == r["label"]
+        assert list(o["logits"]) == pytest.approx(r["logits"])
+        assert dict(o["meta"]) == r["meta"]
+        assert [dict(m) for m in o["messages"]] == r["messages"]
+        assert not {"payload", "http_response", "_llm_input_error", "__data"} & set(o)
+        assert isinstance(o["llm_error"], str)
+        assert int(o["generated_tokens"]) >= 0
+
+
+class TestHFBackend:
+    """hf backend on tiny-llama, through real Ray Serve and Ray Data."""
+
+    @pytest.fixture(scope="class")
+    def hf_endpoint(self, ray_cluster, tiny_llama_dir):
+        cfg = PoolConfig(
+            backend="hf",
+            model="tiny-llama",
+            http_port=ray_cluster,
+            batch_size=8,
+            startup_timeout_s=240,
+        )
+        pool = make_pool(cfg)
+        t0 = time.monotonic()
+        ep = pool.start()
+        print(f"\nhf pool ready in {time.monotonic() - t0:.1f} s at {ep.base_url}")
+        yield ep
+        pool.shutdown()
+
+    def test_http_api(self, hf_endpoint):
+        ep = hf_endpoint
+        models = httpx.get(ep.models_url, timeout=30).json()
+        assert [m["id"] for m in models["data"]] == ["teacher"]
+        body = {"model": "teacher", "messages": USER, "n": 2, "max_tokens": 5, "seed": 1}
+        r = httpx.post(ep.chat_url, json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        data = r.json()
+        assert len(data["choices"]) == 2
+        assert all(isinstance(c["message"]["content"], str) for c in data["choices"])
+        assert 2 <= data["usage"]["completion_tokens"] <= 10
+        assert data["usage"]["prompt_tokens"] > 0
+        for bad in (
+            {"messages": []},
+            {"messages": "hi"},
+            {"messages": USER, "n": 0},
+            {"messages": USER, "temperature": -1},
+            {"messages": USER, "max_tokens": "many"},
+            {"messages": [{"content": "no role"}]},
+        ):
+            r = httpx.post(ep.chat_url, json=bad, timeout=60)
+            assert r.status_code in (400, 422), (bad, r.status_code)
+            assert r.json()["error"]["message"]
+        r = httpx.post(
+            ep.chat_url, content=b"{not json", headers={"content-type": "application/json"}
+        )
+        assert r.status_code in (400, 422)
+        r = httpx.post(ep.chat_url, json={"model": "other", "messages": USER}, timeout=60)
+        assert r.status_code == 404 and "other" in r.json()["error"]["message"]
+
+    def test_mixed_sampling_params_are_not_mixed(self, hf_endpoint):
+        # Concurrent requests land in one dynamic batch with different n / max_tokens;
+        # each must get exactly its own number of choices and token budget.
+        convs = [USER] * 6
+        samplings = [Sampling(n=1, max_tokens=2), Sampling(n=3, max_tokens=5, temperature=0)]
+        t0 = time.monotonic()
+        out = [chat_sync(hf_endpoint, convs, s) for s in samplings]
+        print(f"\nhf chat_sync 12 requests: {time.monotonic() - t0:.1f} s")
+        assert all(len(c) == 1 and 1 <= t <= 2 for c, t in out[0])
+        assert all(len(c) == 3 and len(set(c)) == 1 and 3 <= t <= 15 for c, t in out[1])
+
+    def test_chat_stage_over_ray_dataset(self, hf_endpoint):
+        import ray
+
+        rows = _rows(6)
+        bad = dict(_rows(1)[0], id="bad", messages=[{"role": "user", "content": None}])
+        t0 = time.monotonic()
+        ds = chat_stage(
+            ray.data.from_items([*rows, bad]),
+            hf_endpoint,
+            Sampling(n=2, max_tokens=8, seed=0),
+            batch_size=4,
+        )
+        out = ds.take_all()
+        dt = time.monotonic() - t0
+        _check_carried([*rows, bad], out)
+        by_id = {o["id"]: o for o in out}
+        for r in rows:
+            o = by_id[r["id"]]
+            assert o["llm_error"] == "", o["llm_error"]
+            assert len(o["candidates"]) == 2
+            assert all(isinstance(c, str) for c in o["candidates"])
+            assert 2 <= o["generated_tokens"] <= 16
+        assert list(by_id["bad"]["candidates"]) == []
+        assert "bad input row" in by_id["bad"]["llm_error"]
+        toks = sum(o["generated_tokens"] for o in out)
+        print(f"\nhf chat_stage 7 rows x n=2: {dt:.1f} s, {toks} tokens")
+
+    def test_chat_stage_server_errors_become_row_errors(self, hf_endpoint):
+        import ray
+
+        wrong_model = Endpoint(hf_endpoint.base_url, "no-such-model", {})
+        rows = _rows(3)
+        out = chat_stage(ray.data.from_items(rows), wrong_model, Sampling(n=2)).take_all()
+        _check_carried(rows, out)
+        for o in out:
+            assert list(o["candidates"]) == []
+            assert o["llm_error"].startswith("HTTP 404")
+
+
+def test_chat_stage_unreachable_endpoint_keeps_rows(ray_cluster):
+    import ray
+
+    rows = _rows(5)
+    t0 = time.monotonic()
+    out = chat_stage(
+        ray.data.from_items(rows), _dead_endpoint(), Sampling(n=2), batch_size=2, max_retries=1
+    ).take_all()
+    print(f"\nunreachable endpoint, 5 rows: {time.monotonic() - t0:.1f} s")
+    _check_carried(rows, out)
+    for o in out:
+        assert list(o["candidates"]) == []
+        assert o["generated_tokens"] == 0
+        assert "failed after 2 attempt(s)" in o["llm_error"]
+
+
+# ================================================================ integration: vLLM
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None,
+    reason="vllm is not installed (pip install raydistill[cpu] or raydistill[gpu])",
+)
+def test_vllm_pool_serves_chat_and_chat_stage(ray_cluster):
+    import ray
+
+    cfg = PoolConfig(
+        backend="vllm",
+        model="smollm2-135m-instruct",
+        http_port=ray_cluster,
+        startup_timeout_s=480,
+    )
+    pool = make_pool(cfg)
+    t0 = time.monotonic()
+    ep = pool.start()
+    print(f"\nvLLM pool ready in {time.monotonic() - t0:.1f} s")
+    try:
+        body = {"model": ep.model, "messages": USER, "n": 2, "max_tokens": 16, "seed": 0}
+        r = httpx.post(ep.chat_url, json=body, timeout=180)
+        assert r.status_code == 200, r.text
+        data = r.json()
+        assert len(data["choices"]) == 2
+        assert all(c["message"]["content"] for c in data["choices"])
+        assert 2 <= data["usage"]["completion_tokens"] <= 32
+
+        rows = _rows(8)
+        t1 = time.monotonic()
+        out = chat_stage(
+            ray.data.from_items(rows), ep, Sampling(n=2, max_tokens=24), batch_size=8
+        ).take_all()
+        dt = time.monotonic() - t1
+        _check_carried(rows, out)
+        for o in out:
+            assert o["llm_error"] == "", o["llm_error"]
+            assert len(o["candidates"]) == 2 and all(o["candidates"])
+        toks = sum(o["generated_tokens"] for o in out)
+        print(f"vLLM chat_stage 8 rows x n=2: {toks} tokens in {dt:.1f} s")
+    finally:
+        pool.shutdown()
