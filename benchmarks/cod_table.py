@@ -68,6 +68,7 @@ DATASETS = {
 
 def run_dataset(name: str, ks: list[int], seeds: list[int], methods: list[str], extra: list[str]):
     from raydistill.cluster.run import run
+
     from raydistill.config import load_config
 
     overrides, _ = DATASETS[name]
@@ -123,7 +124,11 @@ def render(tables: dict, command: str, wall: dict[str, float]) -> str:
             )
         gains = rep.get("cod_gains", [])
         if gains:
-            lines += ["", "CoD gain (points): " + ", ".join(f"{g['method']}@k={g['k']}: {100 * g['gain']:+.1f}" for g in gains)]
+            lines += [
+                "",
+                "CoD gain (points): "
+                + ", ".join(f"{g['method']}@k={g['k']}: {100 * g['gain']:+.1f}" for g in gains),
+            ]
         lines += ["", f"![{name}](cod_{name}.png)", ""]
     return "\n".join(lines)
 
@@ -139,7 +144,15 @@ def plot(name: str, rep: dict, path: Path) -> None:
         rs = sorted((r for r in rep["summary"] if r["method"] == m), key=lambda r: r["k"])
         ks = [r["k"] for r in rs]
         style = "-" if m.endswith("+cod") else "--"
-        axes[0].errorbar(ks, [r["accuracy"] for r in rs], yerr=[r["accuracy_std"] for r in rs], marker="o", capsize=3, linestyle=style, label=m)
+        axes[0].errorbar(
+            ks,
+            [r["accuracy"] for r in rs],
+            yerr=[r["accuracy_std"] for r in rs],
+            marker="o",
+            capsize=3,
+            linestyle=style,
+            label=m,
+        )
         axes[1].plot(ks, [r["fidelity"] for r in rs], marker="o", linestyle=style, label=m)
     t_acc = rep.get("teacher", {}).get("test_accuracy")
     if t_acc:
@@ -165,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for every run")
     p.add_argument("--tag", default="cod_table", help="output file stem under benchmarks/results/")
     args = p.parse_args(argv)
-    command = "python -m benchmarks.cod_table " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python -m benchmarks.cod_table " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     tables, wall = {}, {}
     for name in args.datasets:
@@ -174,12 +189,23 @@ def main(argv: list[str] | None = None) -> int:
         plot(name, rep, RESULTS / f"cod_{name}.png")
         (RESULTS / f"{args.tag}.md").write_text(render(tables, command, wall))
         (RESULTS / f"{args.tag}.json").write_text(
-            json.dumps({"command": command, "wall_s": wall, "tables": tables, "paper": {f"{a}/{b}/k{c}": v for (a, b, c), v in PAPER.items()}}, indent=2, default=str)
+            json.dumps(
+                {
+                    "command": command,
+                    "wall_s": wall,
+                    "tables": tables,
+                    "paper": {f"{a}/{b}/k{c}": v for (a, b, c), v in PAPER.items()},
+                },
+                indent=2,
+                default=str,
+            )
         )
     for name, rep in tables.items():
         for g in rep.get("cod_gains", []):
             print(f"{name} {g['method']} k={g['k']}: {100 * g['gain']:+.1f} points")
-    print(f"mean over gains: {np.mean([g['gain'] for r in tables.values() for g in r.get('cod_gains', [])]) * 100:+.1f}")
+    print(
+        f"mean over gains: {np.mean([g['gain'] for r in tables.values() for g in r.get('cod_gains', [])]) * 100:+.1f}"
+    )
     return 0
 
 

@@ -37,7 +37,9 @@ def cmd_train(args) -> int:
     cfg = _config(args)
     results = train(cfg)
     write_report(cfg.out_dir, cfg=cfg, results=results)
-    print(json.dumps([{k: r[k] for k in ("job", "accuracy", "fidelity")} for r in results], indent=1))
+    print(
+        json.dumps([{k: r[k] for k in ("job", "accuracy", "fidelity")} for r in results], indent=1)
+    )
     return 0
 
 
@@ -68,7 +70,12 @@ def cmd_train_teacher(args) -> int:
     train = _subset(load_split(cfg.data, "train"), cfg.data.teacher_train_rows, cfg.teacher.seed)
     dev = _subset(load_split(cfg.data, "dev"), cfg.data.dev_rows, 1)
     path, info = ensure_teacher(
-        cfg.data, cfg.teacher, spec, train, dev, cfg.resolved_cache_dir(),
+        cfg.data,
+        cfg.teacher,
+        spec,
+        train,
+        dev,
+        cfg.resolved_cache_dir(),
         storage_path=str((Path(cfg.out_dir) / "ray_train").resolve()),
     )
     print(json.dumps({"teacher": path, **info}, indent=2))
@@ -79,7 +86,8 @@ def cmd_report(args) -> int:
     from raydistill.cluster.report import write_report
 
     write_report(args.out_dir)
-    print(open(os.path.join(args.out_dir, "report.md")).read())
+    with open(os.path.join(args.out_dir, "report.md")) as f:
+        print(f.read())
     return 0
 
 
@@ -125,8 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     recipe_cmd("run", cmd_run, "teacher → counterfactuals → students → report")
-    recipe_cmd("generate", cmd_generate, "train/load the teacher and generate verified counterfactuals")
-    recipe_cmd("train-teacher", cmd_train_teacher, "train (or fetch from cache) the teacher classifier")
+    recipe_cmd(
+        "generate", cmd_generate, "train/load the teacher and generate verified counterfactuals"
+    )
+    recipe_cmd(
+        "train-teacher", cmd_train_teacher, "train (or fetch from cache) the teacher classifier"
+    )
     recipe_cmd("train", cmd_train, "distill students (reuses cached teacher and counterfactuals)")
     recipe_cmd("sweep", cmd_sweep, "Ray Tune sweep over the recipe's search space")
     rp = sub.add_parser("report", help="re-render report.md/json/png from a run folder")
@@ -136,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("model", nargs="+", help="NAME=PATH or PATH of an HF checkpoint folder")
     sp.add_argument("--teacher", help="teacher checkpoint for shadow scoring")
     sp.add_argument("--shadow-fraction", type=float, default=0.0)
-    sp.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (or $RAYDISTILL_API_KEY)")
+    sp.add_argument(
+        "--api-key", help="require 'Authorization: Bearer KEY' (or $RAYDISTILL_API_KEY)"
+    )
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=8000)
     sp.set_defaults(fn=cmd_serve)
@@ -150,10 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from raydistill.config import ConfigError
     from raydistill.pipelines.datasets import DataError
     from raydistill.pipelines.kshot import KShotError
     from raydistill.pipelines.tasks import UnknownTaskError
+
+    from raydistill.config import ConfigError
     from raydistill.registry import UnknownModelError
 
     try:

@@ -52,7 +52,9 @@ def _fmt(mean: float | None, std: float | None) -> str:
     return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
 
 
-def plot_accuracy_vs_k(agg: list[dict[str, Any]], path: Path, title: str, teacher_acc: float | None) -> None:
+def plot_accuracy_vs_k(
+    agg: list[dict[str, Any]], path: Path, title: str, teacher_acc: float | None
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,7 +120,16 @@ def write_report(
         "results": [
             {
                 k: r.get(k)
-                for k in ("method", "k", "seed", "accuracy", "fidelity", "boundary_fidelity", "train_rows", "checkpoint")
+                for k in (
+                    "method",
+                    "k",
+                    "seed",
+                    "accuracy",
+                    "fidelity",
+                    "boundary_fidelity",
+                    "train_rows",
+                    "checkpoint",
+                )
             }
             for r in results
         ],
@@ -128,7 +139,11 @@ def write_report(
             "flip_rate": g.get("flip_rate"),
             "mean_edit_words": g.get("mean_edit_words"),
             "tokens_per_s": g.get("tokens_per_s"),
-            **{k: v for k, v in g.items() if k not in ("flip_rate", "mean_edit_words", "tokens_per_s")},
+            **{
+                k: v
+                for k, v in g.items()
+                if k not in ("flip_rate", "mean_edit_words", "tokens_per_s")
+            },
         },
         "teacher": teacher_info,
         "timings": timings,
@@ -137,7 +152,10 @@ def write_report(
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     plot_accuracy_vs_k(
-        agg, out / "accuracy_vs_k.png", f"{task}: student accuracy vs k", teacher_info.get("test_accuracy")
+        agg,
+        out / "accuracy_vs_k.png",
+        f"{task}: student accuracy vs k",
+        teacher_info.get("test_accuracy"),
     )
     (out / "report.md").write_text(render_markdown(report))
     return report
@@ -166,14 +184,30 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{_fmt(r['boundary_fidelity'], r['boundary_fidelity_std'])} |"
         )
     if report["cod_gains"]:
-        lines += ["", "## CoD gain over its baseline (accuracy points)", "", "| k | method | gain |", "|---|---|---|"]
+        lines += [
+            "",
+            "## CoD gain over its baseline (accuracy points)",
+            "",
+            "| k | method | gain |",
+            "|---|---|---|",
+        ]
         for gn in report["cod_gains"]:
             lines.append(f"| {gn['k']} | {gn['method']} | {100 * gn['gain']:+.1f} |")
     c = report["counterfactuals"]
     if c and c.get("flip_rate") is not None:
         lines += ["", "## Counterfactuals", ""]
-        for key in ("source", "seeds", "flipped", "no_counterfactual", "flip_rate", "mean_edit_words",
-                    "mean_attempts", "generated_tokens", "tokens_per_s", "cached_seeds"):
+        for key in (
+            "source",
+            "seeds",
+            "flipped",
+            "no_counterfactual",
+            "flip_rate",
+            "mean_edit_words",
+            "mean_attempts",
+            "generated_tokens",
+            "tokens_per_s",
+            "cached_seeds",
+        ):
             if c.get(key) is not None:
                 lines.append(f"- {key}: {c[key]}")
         run = c.get("this_run") or {}

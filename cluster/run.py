@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from raydistill.pipelines.tasks import TaskSpec, get_task
 
 from raydistill.config import RunConfig, stable_hash
-from raydistill.pipelines.tasks import TaskSpec, get_task
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,9 @@ def prepare(cfg: RunConfig, sw: Stopwatch | None = None) -> Prepared:
             + [dict(r, split="dev") for r in dev]
             + [dict(r, split="test") for r in test]
         )
-        ann = annotate_rows(tagged, teacher_dir, max_length=cfg.teacher.max_length, with_hidden=needs_hidden)
+        ann = annotate_rows(
+            tagged, teacher_dir, max_length=cfg.teacher.max_length, with_hidden=needs_hidden
+        )
         originals = {r["id"]: r for r in ann if r["split"] == "kshot"}
         dev = [_slim(r) for r in ann if r["split"] == "dev"]
         test = [_slim(r) for r in ann if r["split"] == "test"]
@@ -169,7 +171,9 @@ def prepare(cfg: RunConfig, sw: Stopwatch | None = None) -> Prepared:
                 )
                 gen_stats = stats.summary()
             else:
-                cf_records, gen_stats = generate_cached(cfg, spec, list(cod_seeds.values()), teacher_dir)
+                cf_records, gen_stats = generate_cached(
+                    cfg, spec, list(cod_seeds.values()), teacher_dir
+                )
         # Human edits are ground truth and used whatever the teacher says; LLM edits only
         # when the teacher verified the flip.
         counterfactuals = {
@@ -225,8 +229,11 @@ def generate_cached(
     missing = [s for s in seeds if s["id"] not in cached]
     stats = GenerationStats()
     if missing:
-        print(f"[raydistill] generating counterfactuals for {len(missing)} seeds "
-              f"({len(seeds) - len(missing)} cached) with {cfg.pool.backend}:{cfg.pool.model}", flush=True)
+        print(
+            f"[raydistill] generating counterfactuals for {len(missing)} seeds "
+            f"({len(seeds) - len(missing)} cached) with {cfg.pool.backend}:{cfg.pool.model}",
+            flush=True,
+        )
         pool = make_pool(cfg.pool, cfg.resolved_cache_dir())
         t0 = time.perf_counter()
         endpoint = pool.start()
@@ -259,8 +266,12 @@ def generate_cached(
         "flipped": len(flipped),
         "no_counterfactual": len(records) - len(flipped),
         "flip_rate": round(len(flipped) / len(records), 4) if records else 0.0,
-        "mean_edit_words": round(float(np.mean([r["edit_words"] for r in flipped])), 2) if flipped else None,
-        "mean_attempts": round(float(np.mean([r["attempts"] for r in records])), 2) if records else None,
+        "mean_edit_words": round(float(np.mean([r["edit_words"] for r in flipped])), 2)
+        if flipped
+        else None,
+        "mean_attempts": round(float(np.mean([r["attempts"] for r in records])), 2)
+        if records
+        else None,
         "generated_tokens": int(sum(r["generated_tokens"] for r in records)),
         "cached_seeds": len(seeds) - len(missing),
         "this_run": summary if missing else None,
@@ -273,9 +284,9 @@ def generate_cached(
 def build_jobs(cfg: RunConfig, prep: Prepared) -> list[Any]:
     """One TrainJob per (method, k, seed), rows shipped once through the object store."""
     import ray
+    from raydistill.training.loop import TrainJob
 
     from raydistill.registry import resolve_model
-    from raydistill.training.loop import TrainJob
 
     s = cfg.student
     backbone = resolve_model(s.backbone, cfg.resolved_cache_dir())
@@ -294,7 +305,11 @@ def build_jobs(cfg: RunConfig, prep: Prepared) -> list[Any]:
     }
     jobs = []
     for (method, k, seed), ids in prep.plan.items():
-        if method not in cfg.experiment.methods or k not in cfg.experiment.ks or seed not in cfg.experiment.seeds:
+        if (
+            method not in cfg.experiment.methods
+            or k not in cfg.experiment.ks
+            or seed not in cfg.experiment.seeds
+        ):
             continue
         kd, lwd, cod = METHODS[method]
         originals = [prep.originals[i] for i in ids]
@@ -367,7 +382,13 @@ def train(
     sw = sw or Stopwatch()
     prep = prep or prepare(cfg, sw)
     out = Path(cfg.out_dir)
-    signature = stable_hash({"student": cfg.student.__dict__, "lwd_beta": cfg.experiment.lwd_beta, "teacher": prep.teacher_dir})
+    signature = stable_hash(
+        {
+            "student": cfg.student.__dict__,
+            "lwd_beta": cfg.experiment.lwd_beta,
+            "teacher": prep.teacher_dir,
+        }
+    )
     done = {r["job"] for r in read_results(out) if r.get("signature") == signature}
     jobs = [j for j in build_jobs(cfg, prep) if j.name not in done]
     if done:
@@ -411,6 +432,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     """The whole CoD job; returns the report dict (also written to out_dir)."""
     from raydistill.cluster.report import write_report
     from raydistill.cluster.runtime import ensure_ray
+
     from raydistill.config import dump_config
 
     t0 = time.perf_counter()

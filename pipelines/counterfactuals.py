@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from raydistill.config import GenerationConfig
+from raydistill.cluster.metrics import FLIP_RATE, GEN_TOKENS_PER_S, count_rows, set_gauge
 from raydistill.pipelines.edits import word_edit_distance
 from raydistill.pipelines.llm_output import clean_candidate
 from raydistill.pipelines.prompts import counterfactual_messages
 from raydistill.pipelines.tasks import TaskSpec
 from raydistill.training.classifier import Classifier, softmax
+
+from raydistill.config import GenerationConfig
 
 
 def target_label(teacher_probs: list[float] | np.ndarray) -> tuple[int, int]:
@@ -111,7 +112,16 @@ class FlipVerifier:
         index = {t: j for j, t in enumerate(flat)}
         out: dict[str, list[Any]] = {
             k: []
-            for k in ("flipped", "cf_text", "edit_words", "cf_logits", "cf_hidden", "closest", "rejects", "num_valid")
+            for k in (
+                "flipped",
+                "cf_text",
+                "edit_words",
+                "cf_logits",
+                "cf_hidden",
+                "closest",
+                "rejects",
+                "num_valid",
+            )
         }
         pos = 0
         for i in range(n):
@@ -129,6 +139,7 @@ class FlipVerifier:
             out["closest"].append(res["closest"])
             out["rejects"].append(json.dumps(rejects[i]))
             out["num_valid"].append(k)
+        count_rows("verify", n)
         batch = dict(batch)
         batch.pop("candidates", None)
         batch.pop("messages", None)
@@ -161,7 +172,9 @@ class GenerationStats:
             "flipped": self.flipped,
             "no_counterfactual": self.seeds - self.flipped,
             "flip_rate": round(self.flip_rate, 4),
-            "mean_edit_words": round(float(np.mean(self.edit_words)), 2) if self.edit_words else None,
+            "mean_edit_words": round(float(np.mean(self.edit_words)), 2)
+            if self.edit_words
+            else None,
             "candidates": self.candidates,
             "generated_tokens": self.generated_tokens,
             "wall_s": round(self.wall_s, 2),
@@ -186,7 +199,6 @@ def generate_counterfactuals(
 ) -> tuple[list[dict[str, Any]], GenerationStats]:
     """Seeds (annotated with `teacher_logits`) → one counterfactual record per seed."""
     import ray
-
     from raydistill.pipelines.llm_stage import Sampling, chat_stage
 
     stats = GenerationStats(seeds=len(seeds))
@@ -229,7 +241,11 @@ def generate_counterfactuals(
             seed=gen.seed + rnd,
         )
         ds = chat_stage(
-            ray.data.from_items(rows), endpoint, sampling, batch_size=batch_size, concurrency=concurrency
+            ray.data.from_items(rows),
+            endpoint,
+            sampling,
+            batch_size=batch_size,
+            concurrency=concurrency,
         )
         ds = ds.map_batches(
             FlipVerifier,
@@ -240,7 +256,9 @@ def generate_counterfactuals(
         )
         results = ds.take_all()
         if len(results) != len(rows):
-            raise RuntimeError(f"generation round {rnd}: {len(results)} of {len(rows)} rows came back")
+            raise RuntimeError(
+                f"generation round {rnd}: {len(results)} of {len(rows)} rows came back"
+            )
         for r in results:
             p = pending[r["id"]]
             p["attempts"] += gen.num_candidates
@@ -259,7 +277,9 @@ def generate_counterfactuals(
         if progress:
             flipped = sum(1 for d in done.values() if d["flipped"])
             left = len(pending) if rnd < gen.rounds else 0
-            progress(f"round {rnd}/{gen.rounds}: {flipped}/{stats.seeds} seeds flipped, {left} retrying")
+            progress(
+                f"round {rnd}/{gen.rounds}: {flipped}/{stats.seeds} seeds flipped, {left} retrying"
+            )
     stats.wall_s = time.perf_counter() - t0
     records = [done[s["id"]] for s in seeds]
     for rec in records:
@@ -267,10 +287,14 @@ def generate_counterfactuals(
         if rec["flipped"]:
             stats.flipped += 1
             stats.edit_words.append(rec["edit_words"])
+    set_gauge(FLIP_RATE, stats.flip_rate, task=spec.name)
+    set_gauge(GEN_TOKENS_PER_S, stats.tokens_per_s, model=source)
     return records, stats
 
 
-def _record(p: dict[str, Any], r: dict[str, Any], source: str, rnd: int, flipped: bool) -> dict[str, Any]:
+def _record(
+    p: dict[str, Any], r: dict[str, Any], source: str, rnd: int, flipped: bool
+) -> dict[str, Any]:
     return {
         "id": f"{p['id']}/cf",
         "parent_id": p["id"],
@@ -295,7 +319,10 @@ def _floats(x: Any) -> list:
 
 
 def human_counterfactual_records(
-    seeds: list[dict[str, Any]], human: dict[str, dict[str, Any]], teacher_dir: str, max_length: int = 64
+    seeds: list[dict[str, Any]],
+    human: dict[str, dict[str, Any]],
+    teacher_dir: str,
+    max_length: int = 64,
 ) -> tuple[list[dict[str, Any]], GenerationStats]:
     """IMDB-CAD: the human minimal edit of each seed, verified by the teacher all the same.
 

@@ -14,8 +14,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from raydistill.config import DataConfig
 from raydistill.pipelines.tasks import TaskSpec, get_task
+
+from raydistill.config import DataConfig
 
 Row = dict[str, Any]
 ROLES = ("train", "dev", "test")
@@ -156,7 +157,9 @@ def _load_hub(spec: TaskSpec, role: str) -> list[Row]:
                 raise DataError(f"{spec.hub_id}:{split}: unknown label {label!r}")
             label = spec.hub_label_map[label]
         records.append({"text": text, "label": label})
-    return rows_from_records(records, spec, f"{spec.hub_id}:{split}", "text", "label", False, f"{role}-")
+    return rows_from_records(
+        records, spec, f"{spec.hub_id}:{split}", "text", "label", False, f"{role}-"
+    )
 
 
 def load_split(cfg: DataConfig, role: str) -> list[Row]:

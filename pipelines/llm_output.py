@@ -51,7 +51,9 @@ def _strip_quotes(s: str) -> str:
     return s
 
 
-def clean_candidate(raw: str | None, original: str, max_ratio: float = 3.0) -> tuple[str | None, str]:
+def clean_candidate(
+    raw: str | None, original: str, max_ratio: float = 3.0
+) -> tuple[str | None, str]:
     """Return (text, "") for a usable candidate, or (None, reason) for a rejected one."""
     if not isinstance(raw, str):
         return None, REJECT_EMPTY

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
+from raydistill.cluster.metrics import count_rows
 from raydistill.training.classifier import Classifier
 
 
@@ -31,6 +31,7 @@ class TeacherAnnotator:
             logits = self.clf.logits(texts)
         batch["teacher_logits"] = [row.astype(np.float32) for row in logits]
         batch["teacher_pred"] = logits.argmax(-1).astype(np.int64)
+        count_rows("annotate", len(texts))
         return batch
 
 
@@ -60,7 +61,10 @@ def annotate_rows(
         num_cpus=num_cpus,
     )
     out = ds.take_all()
-    key = (lambda r: (r["id"], r.get("split")))
+
+    def key(r: dict[str, Any]) -> tuple[Any, Any]:
+        return (r["id"], r.get("split"))
+
     by_id = {key(r): r for r in out}
     if len(by_id) != len(rows):
         raise RuntimeError(f"teacher annotation returned {len(by_id)} of {len(rows)} rows")

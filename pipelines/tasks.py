@@ -133,9 +133,7 @@ def get_task(name: str, label_names: list[str] | None = None) -> TaskSpec:
             )
         return TaskSpec(name="custom", label_names=tuple(label_names))
     if name not in TASKS:
-        raise UnknownTaskError(
-            f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}, custom"
-        )
+        raise UnknownTaskError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}, custom")
     spec = TASKS[name]
     if label_names and tuple(label_names) != spec.label_names:
         raise UnknownTaskError(

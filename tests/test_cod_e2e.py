@@ -23,7 +23,12 @@ def smoke_run(tmp_path_factory, ray_session, data_dir):
     cache = tmp_path_factory.mktemp("cache")
     cfg = load_config(
         "recipes/smoke-cod.yaml",
-        [f"out_dir={out}", f"cache_dir={cache}", "data.teacher_train_rows=1500", "generation.rounds=2"],
+        [
+            f"out_dir={out}",
+            f"cache_dir={cache}",
+            "data.teacher_train_rows=1500",
+            "generation.rounds=2",
+        ],
     )
     report = run(cfg)
     return cfg, out, report
@@ -31,7 +36,13 @@ def smoke_run(tmp_path_factory, ray_session, data_dir):
 
 def test_report_files_and_schema(smoke_run):
     cfg, out, report = smoke_run
-    for name in ("report.md", "report.json", "accuracy_vs_k.png", "counterfactuals.parquet", "results.jsonl"):
+    for name in (
+        "report.md",
+        "report.json",
+        "accuracy_vs_k.png",
+        "counterfactuals.parquet",
+        "results.jsonl",
+    ):
         assert (out / name).exists(), name
     data = json.loads((out / "report.json").read_text())
     methods = {r["method"] for r in data["results"]}
@@ -65,7 +76,10 @@ def test_counterfactual_records_are_complete(smoke_run):
 
 def test_cod_budget(smoke_run):
     _cfg, out, _ = smoke_run
-    res = {json.loads(x)["method"]: json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()}
+    res = {
+        json.loads(x)["method"]: json.loads(x)
+        for x in (out / "results.jsonl").read_text().splitlines()
+    }
     assert res["kd"]["train_rows"] == 8 and res["kd"]["counterfactuals"] == 0
     assert res["kd+cod"]["originals"] == 4
     assert res["kd+cod"]["train_rows"] == 4 + res["kd+cod"]["counterfactuals"]
@@ -82,7 +96,9 @@ def test_student_checkpoint_loads_with_plain_transformers(smoke_run):
     assert model.config.id2label == {0: "negative", 1: "positive"}
     assert model.config.num_hidden_layers == 1
     with torch.no_grad():
-        logits = model(**tok(["a fine film", "a dull film"], return_tensors="pt", padding=True)).logits
+        logits = model(
+            **tok(["a fine film", "a dull film"], return_tensors="pt", padding=True)
+        ).logits
     assert logits.shape == (2, 2)
 
 

@@ -24,7 +24,9 @@ def test_every_recipe_loads(recipe):
 
 
 def test_overrides_are_typed():
-    cfg = load_config(None, ["student.alpha=0.5", "experiment.ks=[8,16]", "out_dir=runs/x", "data.test_rows=null"])
+    cfg = load_config(
+        None, ["student.alpha=0.5", "experiment.ks=[8,16]", "out_dir=runs/x", "data.test_rows=null"]
+    )
     assert cfg.student.alpha == 0.5
     assert cfg.experiment.ks == [8, 16]
     assert cfg.out_dir == "runs/x"

@@ -3,11 +3,11 @@
 from collections import Counter
 
 import pytest
-
-from raydistill.config import DataConfig
 from raydistill.pipelines.datasets import DataError, load_human_counterfactuals, load_split
 from raydistill.pipelines.kshot import KShotError, sample_kshot
 from raydistill.pipelines.tasks import UnknownTaskError, get_task
+
+from raydistill.config import DataConfig
 from raydistill.registry import UnknownModelError, resolve_model
 
 
@@ -86,7 +86,10 @@ def test_unreadable_file(tmp_path):
     with pytest.raises(DataError, match=r"train\.tsv: not UTF-8"):
         load_split(cfg, "train")
     with pytest.raises(DataError, match="does not exist"):
-        load_split(DataConfig(task="custom", train_file=str(tmp_path / "x.tsv"), label_names=["a", "b"]), "train")
+        load_split(
+            DataConfig(task="custom", train_file=str(tmp_path / "x.tsv"), label_names=["a", "b"]),
+            "train",
+        )
 
 
 def test_bad_jsonl_line(tmp_path):

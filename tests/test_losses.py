@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-
 from raydistill.training.losses import LayerProjection, distill_loss, kd_kl, lwd_mse
 
 
@@ -35,8 +34,14 @@ def test_distill_loss_composition():
     teacher = torch.tensor([[1.0, 0.5], [0.2, 0.1]])
     hs, ht = torch.ones(2, 2, 4), torch.zeros(2, 2, 4)
     total, parts = distill_loss(
-        logits, labels, teacher, alpha=0.5, temperature=2.0, beta=2.0,
-        projected_student_hidden=hs, teacher_hidden=ht,
+        logits,
+        labels,
+        teacher,
+        alpha=0.5,
+        temperature=2.0,
+        beta=2.0,
+        projected_student_hidden=hs,
+        teacher_hidden=ht,
     )
     ce = torch.nn.functional.cross_entropy(logits, labels).item()
     kd = kd_kl(logits, teacher, 2.0).item()

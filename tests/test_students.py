@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-
-from raydistill.registry import resolve_model
 from raydistill.training.loop import TrainJob, deepspeed_config
 from raydistill.training.students import DistillStudent, default_layer_map
+
+from raydistill.registry import resolve_model
 
 
 def test_default_layer_map_spreads_evenly():
@@ -22,7 +22,6 @@ def _batch(tok, texts=("a fine film", "a dull and boring film")):
 def test_student_truncates_and_projects(tmp_path):
     from transformers import AutoTokenizer
 
-    wide = resolve_model("tiny-bert-wide")  # 96 wide teacher stand-in
     small = resolve_model("tiny-bert")  # 64 wide student
     s = DistillStudent(small, ["neg", "pos"], num_layers=1, teacher_width=96, teacher_layers=2)
     assert s.model.config.num_hidden_layers == 1 and s.layer_map == [2]
@@ -70,7 +69,15 @@ def test_decoder_only_student():
 
 
 def test_deepspeed_config_shape():
-    job = TrainJob(name="j", backbone="x", label_names=["a", "b"], train_rows=[], dev_rows=[], test_rows=[], zero_stage=2)
+    job = TrainJob(
+        name="j",
+        backbone="x",
+        label_names=["a", "b"],
+        train_rows=[],
+        dev_rows=[],
+        test_rows=[],
+        zero_stage=2,
+    )
     cfg = deepspeed_config(job, micro_batch=4, world=2)
     assert cfg["train_batch_size"] == 8 and cfg["zero_optimization"]["stage"] == 2
     assert not cfg["fp16"]["enabled"] and not cfg["bf16"]["enabled"]

@@ -275,7 +275,13 @@ def ray_cluster():
     import ray
     from ray import serve
 
-    ray.init(num_cpus=4, object_store_memory=1_000_000_000, include_dashboard=False)
+    kwargs = dict(num_cpus=4, object_store_memory=1_000_000_000, include_dashboard=False)
+    try:
+        ray.init(**kwargs)
+    except Exception:  # the raylet has 30 s to come up; a busy shared box can miss that
+        ray.shutdown()
+        time.sleep(5)
+        ray.init(**kwargs)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield port

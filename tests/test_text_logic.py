@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from raydistill.pipelines.counterfactuals import choose_counterfactual, target_label
 from raydistill.pipelines.edits import word_edit_distance
 from raydistill.pipelines.llm_output import clean_candidate
@@ -73,7 +72,11 @@ def test_target_label_binary_and_multiclass():
 
 
 def test_choose_smallest_flipping_edit():
-    cands = ["a dull , witless , repellent movie .", "a dull movie , witty , seductive .", "a gorgeous film ."]
+    cands = [
+        "a dull , witless , repellent movie .",
+        "a dull movie , witty , seductive .",
+        "a gorgeous film .",
+    ]
     probs = np.array([[0.2, 0.8], [0.9, 0.1], [0.4, 0.6]])  # target 0 (negative)
     res = choose_counterfactual(ORIG, cands, probs, target=0)
     assert res["flipped"] and res["text"] == cands[1]

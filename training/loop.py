@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
+from raydistill.cluster.metrics import TRAIN_LOSS, set_gauge
 from raydistill.training.losses import distill_loss
 from raydistill.training.students import DistillStudent
 
@@ -34,7 +34,9 @@ class TrainJob:
     train_rows: Any  # ObjectRef or list of rows {text, label, [teacher_logits, teacher_hidden]}
     dev_rows: Any  # rows {text, label, [teacher_pred]}
     test_rows: Any
-    pairs: Any = None  # [(orig_teacher_pred, orig_text, cf_teacher_pred, cf_text)] for boundary fidelity
+    pairs: Any = (
+        None  # [(orig_teacher_pred, orig_text, cf_teacher_pred, cf_text)] for boundary fidelity
+    )
     num_layers: int | None = None
     alpha: float = 0.0
     beta: float = 0.0
@@ -109,7 +111,11 @@ def _predict(model, tokenizer, texts: list[str], max_length: int, bs: int = 128)
     preds = []
     for i in range(0, len(texts), bs):
         enc = tokenizer(
-            texts[i : i + bs], truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+            texts[i : i + bs],
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
         )
         logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])[0]
         preds.append(logits.argmax(-1).numpy())
@@ -217,6 +223,8 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
         )
         engine.backward(loss)
         engine.step()
+        if rank == 0 and step % max(1, total_steps // 10) == 0:
+            set_gauge(TRAIN_LOSS, last_parts["loss"], job=job.name)
         if rank == 0 and total_steps >= 50 and step % max(1, total_steps // 10) == 0:
             # Long jobs (the teacher) print progress; few-shot students are too quick to.
             el = time.perf_counter() - t0
@@ -268,7 +276,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # its first seeds instead of only at the end.
         dev_scores.append(metrics["dev_accuracy"])
         metrics = dict(
-            metrics, history=history, mean_dev_accuracy=float(np.mean(dev_scores)), jobs_done=len(dev_scores)
+            metrics,
+            history=history,
+            mean_dev_accuracy=float(np.mean(dev_scores)),
+            jobs_done=len(dev_scores),
         )
         if ckpt_dir is not None:
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(ckpt_dir))

@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def kd_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """T² · KL(softmax(t/T) ‖ softmax(s/T)), averaged over the batch."""
     t = temperature
     log_p_s = F.log_softmax(student_logits / t, dim=-1)
@@ -27,7 +29,8 @@ class LayerProjection(nn.Module):
         super().__init__()
         self.identity = student_width == teacher_width
         self.proj = (
-            nn.ModuleList() if self.identity
+            nn.ModuleList()
+            if self.identity
             else nn.ModuleList(nn.Linear(student_width, teacher_width) for _ in range(num_layers))
         )
 

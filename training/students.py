@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from raydistill.training.classifier import mean_pool
 from raydistill.training.losses import LayerProjection
+from torch import nn
 
 
 def default_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
@@ -80,9 +79,7 @@ class DistillStudent(nn.Module):
         if not with_hidden or self.projection is None:
             return out.logits, None
         # hidden_states[0] is the embedding output; student layers are 1..N.
-        pooled = torch.stack(
-            [mean_pool(h, attention_mask) for h in out.hidden_states[1:]], dim=1
-        )
+        pooled = torch.stack([mean_pool(h, attention_mask) for h in out.hidden_states[1:]], dim=1)
         return out.logits, self.projection(pooled)
 
     def save(self, out_dir: str | Path, tokenizer=None) -> None:

@@ -466,9 +466,10 @@ def sweep(cfg: RunConfig, recipe_path: str | None = None) -> dict[str, Any]:
         sweep_dir=str(sweep_dir),
         workers=s.workers_per_trial,
     )
-    # The trial function only waits on its TorchTrainer; the CPUs go to the Train workers
-    # (the Train controller takes none), so concurrency is capped by max_concurrent_trials.
-    trainable = tune.with_resources(trainable, {"cpu": 0})
+    # The trial function only waits on its TorchTrainer: a token CPU share (Tune refuses
+    # zero); the CPUs go to the Train workers (the Train controller takes none), so
+    # concurrency is capped by max_concurrent_trials.
+    trainable = tune.with_resources(trainable, {"cpu": 0.01})
     if s.search_alg == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
