@@ -64,6 +64,7 @@ SWEEPABLE: dict[str, tuple[type, set[str]]] = {
 _KD_KEYS = {"student.alpha", "student.temperature"}
 _LWD_KEYS = {"student.beta", "experiment.lwd_beta", "student.lwd_layer_map"}
 # Metrics a sweep may select on (per-job dev accuracy is selected through its running mean).
+TRIAL_MEMORY = 256 * 1024**2  # the Tune trial's own request (it only drives a TorchTrainer)
 DEV_METRICS = {"dev_accuracy": "mean_dev_accuracy", "mean_dev_accuracy": "mean_dev_accuracy"}
 
 
@@ -466,18 +467,24 @@ def sweep(cfg: RunConfig, recipe_path: str | None = None) -> dict[str, Any]:
         sweep_dir=str(sweep_dir),
         workers=s.workers_per_trial,
     )
-    # The trial function only waits on its TorchTrainer: a token CPU share (Tune refuses
-    # zero); the CPUs go to the Train workers (the Train controller takes none), so
-    # concurrency is capped by max_concurrent_trials.
-    trainable = tune.with_resources(trainable, {"cpu": 0.01})
+    # The trial function only waits on its TorchTrainer: no CPU (the Train workers take
+    # them; the Train controller takes none), a little memory because Tune refuses an empty
+    # request. Concurrency is capped by max_concurrent_trials, not by Tune's accounting.
+    trainable = tune.with_resources(trainable, {"cpu": 0, "memory": TRIAL_MEMORY})
     if s.search_alg == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
         search_alg = OptunaSearch(seed=s.seed)
+        max_concurrent = s.max_concurrent_trials  # Tune wraps it in a ConcurrencyLimiter
     else:
         from ray.tune.search import BasicVariantGenerator
 
-        search_alg = BasicVariantGenerator(random_state=s.seed)
+        # Tune ignores TuneConfig.max_concurrent_trials for a SearchGenerator passed in:
+        # the limit has to go to the generator itself.
+        search_alg = BasicVariantGenerator(
+            max_concurrent=s.max_concurrent_trials, random_state=s.seed
+        )
+        max_concurrent = None
     if s.scheduler == "asha":
         scheduler = _asha(n_jobs, s.grace_period)
     else:
@@ -493,7 +500,7 @@ def sweep(cfg: RunConfig, recipe_path: str | None = None) -> dict[str, Any]:
             search_alg=search_alg,
             scheduler=scheduler,
             num_samples=s.num_samples,
-            max_concurrent_trials=s.max_concurrent_trials,
+            max_concurrent_trials=max_concurrent,
             trial_dirname_creator=lambda t: t.trial_id,
             trial_name_creator=lambda t: t.trial_id,
         ),
