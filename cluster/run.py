@@ -401,6 +401,8 @@ def train(
                 storage_path=str((out / "ray_train").resolve()),
                 name=f"students-{int(time.time())}",
                 run_callbacks=callbacks,
+                placement_strategy=cfg.student.placement_strategy,
+                use_gpu=cfg.student.use_gpu,
             )
         students = out / "students"
         with (out / "results.jsonl").open("a") as f:
@@ -421,6 +423,7 @@ def train(
                     "originals": job.meta["originals"],
                     "counterfactuals": job.meta["counterfactuals"],
                     "train_s": metrics["train_s"],
+                    "worker_nodes": metrics.get("worker_nodes"),
                     "checkpoint": str(dest),
                     "signature": signature,
                 }

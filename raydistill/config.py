@@ -122,6 +122,9 @@ class StudentConfig:
     lwd_layer_map: list[int] | None = None
     zero_stage: int = 2
     num_workers: int = 2
+    # Ray placement of the workers: PACK, SPREAD, STRICT_SPREAD (one per node), STRICT_PACK.
+    placement_strategy: str = "PACK"
+    use_gpu: bool = False
     seed: int = 0
 
 

@@ -9,7 +9,6 @@ epoch on the dev split, evaluates on the test split and reports one HF checkpoin
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import tempfile
@@ -117,8 +116,11 @@ def _predict(model, tokenizer, texts: list[str], max_length: int, bs: int = 128)
             padding=True,
             return_tensors="pt",
         )
-        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])[0]
-        preds.append(logits.argmax(-1).numpy())
+        dev = next(model.parameters()).device
+        logits = model(
+            input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev)
+        )[0]
+        preds.append(logits.argmax(-1).cpu().numpy())
     return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
 
 
@@ -132,11 +134,11 @@ def _sharded_predict(model, tokenizer, texts, max_length, rank, world) -> np.nda
     mine = _predict(model, tokenizer, texts[lo:hi], max_length)
     if world == 1:
         return mine
-    buf = torch.full((per,), -1, dtype=torch.long)
-    buf[: len(mine)] = torch.from_numpy(mine.astype(np.int64))
+    buf = torch.full((per,), -1, dtype=torch.long, device=next(model.parameters()).device)
+    buf[: len(mine)] = torch.from_numpy(mine.astype(np.int64)).to(buf.device)
     out = [torch.empty_like(buf) for _ in range(world)]
     dist.all_gather(out, buf)
-    return torch.cat(out)[:n].numpy()
+    return torch.cat(out)[:n].cpu().numpy()
 
 
 def evaluate(model, tokenizer, rows, pairs, max_length, rank=0, world=1) -> dict[str, float]:
@@ -209,12 +211,17 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
             perm = torch.from_numpy(rng.permutation(len(data)))
         sl = slice(i * micro, (i + 1) * micro)
         idx = perm[sl] if job.batch_size is not None else torch.arange(len(data))
-        logits, proj = engine(data.ids[idx], data.mask[idx], with_hidden=lwd)
-        t_hidden = data.t_hidden[idx][:, layer_idx] if (lwd and data.t_hidden is not None) else None
+        dev = engine.device  # CPU here; the worker's GPU under use_gpu (NCCL backend)
+        logits, proj = engine(data.ids[idx].to(dev), data.mask[idx].to(dev), with_hidden=lwd)
+        t_hidden = (
+            data.t_hidden[idx][:, layer_idx].to(dev)
+            if (lwd and data.t_hidden is not None)
+            else None
+        )
         loss, last_parts = distill_loss(
             logits,
-            data.labels[idx],
-            data.t_logits[idx] if data.t_logits is not None else None,
+            data.labels[idx].to(dev),
+            data.t_logits[idx].to(dev) if data.t_logits is not None else None,
             alpha=job.alpha,
             temperature=job.temperature,
             beta=job.beta,
@@ -237,7 +244,11 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
             m = evaluate(student.model, tokenizer, dev_rows, None, job.max_length, rank, world)
             history.append({"step": step, "dev_accuracy": m["accuracy"], **last_parts})
             if m["accuracy"] > best[0]:
-                best = (m["accuracy"], step, copy.deepcopy(student.model.state_dict()))
+                best = (
+                    m["accuracy"],
+                    step,
+                    {k: v.detach().cpu().clone() for k, v in student.model.state_dict().items()},
+                )
     if best[2] is not None:
         student.model.load_state_dict(best[2])
     metrics = evaluate(student.model, tokenizer, test_rows, pairs, job.max_length, rank, world)
@@ -265,9 +276,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     from ray.train import Checkpoint
 
+    import torch.distributed as dist
+
     torch.set_num_threads(int(config.get("threads_per_worker") or 1))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # Where the workers ran, reported with every job (multi-node runs are checked on it).
+    node = ray.get_runtime_context().get_node_id()
+    nodes = [node] * world
+    if world > 1 and dist.is_initialized():
+        dist.all_gather_object(nodes, node)
     jobs: list[TrainJob] = config["jobs"]
     dev_scores: list[float] = []
 
@@ -299,6 +317,7 @@ def fit_jobs(
     use_gpu: bool = False,
     threads_per_worker: int | None = None,
     run_callbacks: list | None = None,
+    placement_strategy: str = "PACK",
 ) -> list[tuple[dict[str, Any], Any]]:
     """Run jobs in one TorchTrainer; return [(metrics, Checkpoint)] in job order."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -309,7 +328,9 @@ def fit_jobs(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"jobs": jobs, "threads_per_worker": threads_per_worker},
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu),
+        scaling_config=ScalingConfig(
+            num_workers=num_workers, use_gpu=use_gpu, placement_strategy=placement_strategy
+        ),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,

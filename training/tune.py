@@ -363,8 +363,9 @@ def no_prepare():
         run_mod.prepare, run_mod.generate_cached, teacher_mod.ensure_teacher = saved
 
 
-def _trial(params: dict[str, Any], *, base: dict[str, Any], prep_box: dict, sweep_dir: str,
-           workers: int) -> None:
+def _trial(
+    params: dict[str, Any], *, base: dict[str, Any], prep_box: dict, sweep_dir: str, workers: int
+) -> None:
     """The Tune function trainable: this trial's students, reported job by job."""
     import ray
     from ray import tune
@@ -535,7 +536,9 @@ def sweep(cfg: RunConfig, recipe_path: str | None = None) -> dict[str, Any]:
     paths = write_outputs(cfg, summary, best, sweep_dir, recipe_path)
     summary["paths"] = paths
     print((sweep_dir / "trials.md").read_text(), flush=True)
-    print(f"[raydistill] sweep written to {sweep_dir}; best config: {paths.get('best')}", flush=True)
+    print(
+        f"[raydistill] sweep written to {sweep_dir}; best config: {paths.get('best')}", flush=True
+    )
     return summary
 
 
@@ -587,7 +590,9 @@ def collect_trials(grid, dists: dict[str, Dist], n_jobs: int, sweep_dir: Path) -
                 "jobs_done": len(jobs),
                 "jobs_total": n_jobs,
                 "status": status,
-                "error": (str(result.error).splitlines() or [""])[0][:300] if result.error else None,
+                "error": (str(result.error).splitlines() or [""])[0][:300]
+                if result.error
+                else None,
                 "out_dir": str(sweep_dir / "trials" / trial_id),
             }
         )
@@ -628,7 +633,8 @@ def trials_markdown(summary: dict[str, Any]) -> str:
         "",
         "Space: " + "; ".join(f"`{k}` {v}" for k, v in summary["space"].items()),
         "",
-        "| trial | " + " | ".join(f"`{k}`" for k in keys)
+        "| trial | "
+        + " | ".join(f"`{k}`" for k in keys)
         + " | mean dev acc | mean test acc | jobs | status |",
         "|---|" + "---|" * len(keys) + "---|---|---|---|",
     ]
@@ -657,7 +663,10 @@ def write_outputs(
     recipe_path: str | None = None,
 ) -> dict[str, str]:
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"trials_json": str(sweep_dir / "trials.json"), "trials_md": str(sweep_dir / "trials.md")}
+    paths = {
+        "trials_json": str(sweep_dir / "trials.json"),
+        "trials_md": str(sweep_dir / "trials.md"),
+    }
     (sweep_dir / "trials.json").write_text(json.dumps(summary, indent=1, default=str))
     (sweep_dir / "trials.md").write_text(trials_markdown(summary))
     if best is not None:
@@ -710,8 +719,10 @@ def plot_sweep(summary: dict[str, Any], path: Path) -> None:
         return
 
     def column(name: str) -> tuple[list[float], list[str]]:
-        vals = [r["mean_dev_accuracy"] if name == "mean dev acc" else r["params"].get(name)
-                for r in rows]
+        vals = [
+            r["mean_dev_accuracy"] if name == "mean dev acc" else r["params"].get(name)
+            for r in rows
+        ]
         if all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
             lo, hi = min(vals), max(vals)
             log_axis = summary["space"].get(name, "").startswith("loguniform") and lo > 0
