@@ -274,9 +274,8 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry: run every job in order on this worker group."""
     import ray.train
-    from ray.train import Checkpoint
-
     import torch.distributed as dist
+    from ray.train import Checkpoint
 
     torch.set_num_threads(int(config.get("threads_per_worker") or 1))
     ctx = ray.train.get_context()
