@@ -328,6 +328,7 @@ def build_jobs(cfg: RunConfig, prep: Prepared) -> list[Any]:
                 test_rows=test_ref,
                 pairs=pairs or None,
                 num_layers=s.num_layers,
+                freeze_embeddings=s.freeze_embeddings,
                 alpha=s.alpha if kd else 0.0,
                 beta=(cfg.experiment.lwd_beta if s.beta == 0 else s.beta) if lwd else 0.0,
                 temperature=s.temperature,

@@ -108,6 +108,9 @@ class StudentConfig:
     backbone: str = "all-minilm-l6-v2"
     # Keep the first N transformer layers of the backbone (None = all).
     num_layers: int | None = 2
+    # Few-shot students keep their pretrained embeddings: fewer parameters to fit from k
+    # examples, and 4× less optimizer and all-reduce work for a MiniLM-sized student.
+    freeze_embeddings: bool = True
     alpha: float = 1.0
     beta: float = 0.0
     temperature: float = 2.0

@@ -27,19 +27,29 @@ def data_dir() -> Path:
     return DATA
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """A real local Ray cluster shared by the integration tests (starting one costs ~10 s)."""
+def start_local_ray():
+    """Connect to the test session's local Ray cluster, starting it if needed.
+
+    One cluster serves every integration test (starting one costs ~10 s); tests that need
+    their own cluster shape shut it down and the next user starts it again. The dashboard
+    is on: Ray Train's controller and Tune's ASHA rely on its state API.
+    """
     import ray
 
-    if ray.is_initialized():
-        yield ray
-        return
-    ray.init(
-        num_cpus=4,
-        object_store_memory=1_000_000_000,
-        include_dashboard=False,
-        runtime_env={"env_vars": {k: os.environ[k] for k in ("RAYDISTILL_CACHE", "RAYDISTILL_DATA_DIR", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE")}},
-    )
-    yield ray
-    ray.shutdown()
+    if not ray.is_initialized():
+        env = ("RAYDISTILL_CACHE", "RAYDISTILL_DATA_DIR", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE")
+        ray.init(
+            num_cpus=4,
+            object_store_memory=1_000_000_000,
+            include_dashboard=True,
+            dashboard_port=None,
+            runtime_env={
+                "env_vars": {**{k: os.environ[k] for k in env}, "TRANSFORMERS_VERBOSITY": "error"}
+            },
+        )
+    return ray
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    yield start_local_ray()

@@ -81,3 +81,12 @@ def test_deepspeed_config_shape():
     cfg = deepspeed_config(job, micro_batch=4, world=2)
     assert cfg["train_batch_size"] == 8 and cfg["zero_optimization"]["stage"] == 2
     assert not cfg["fp16"]["enabled"] and not cfg["bf16"]["enabled"]
+
+
+def test_freeze_embeddings_leaves_layers_trainable():
+    small = resolve_model("tiny-bert")
+    s = DistillStudent(small, ["a", "b"], num_layers=1, freeze_embeddings=True)
+    emb = s.model.bert.embeddings
+    assert not any(p.requires_grad for p in emb.parameters())
+    assert all(p.requires_grad for p in s.model.bert.encoder.parameters())
+    assert s.model.classifier.weight.requires_grad

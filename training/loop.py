@@ -37,6 +37,7 @@ class TrainJob:
         None  # [(orig_teacher_pred, orig_text, cf_teacher_pred, cf_text)] for boundary fidelity
     )
     num_layers: int | None = None
+    freeze_embeddings: bool = False
     alpha: float = 0.0
     beta: float = 0.0
     temperature: float = 1.0
@@ -182,6 +183,7 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
         layer_map=job.lwd_layer_map,
         teacher_width=job.teacher_width if lwd else None,
         teacher_layers=job.teacher_layers if lwd else None,
+        freeze_embeddings=job.freeze_embeddings,
     )
     if lwd and student.projection is None:
         raise ValueError(f"job {job.name}: beta>0 needs teacher_width and teacher_layers")

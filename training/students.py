@@ -56,9 +56,13 @@ class DistillStudent(nn.Module):
         layer_map: list[int] | None = None,
         teacher_width: int | None = None,
         teacher_layers: int | None = None,
+        freeze_embeddings: bool = False,
     ):
         super().__init__()
         self.model = load_classifier(backbone_dir, label_names, num_layers)
+        if freeze_embeddings:
+            emb = getattr(self.model.base_model, "embeddings", None) or self.model.get_input_embeddings()
+            emb.requires_grad_(False)
         n_layers = int(self.model.config.num_hidden_layers)
         width = int(self.model.config.hidden_size)
         self.layer_map = layer_map

@@ -1,0 +1,131 @@
+"""Real cluster shapes: `ray job submit` to a head node, and a 2-node cluster on one machine.
+
+Both start their own Ray (a `ray start --head` process, or `ray.cluster_utils.Cluster`),
+so they first disconnect from the session cluster; later tests reconnect lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def no_session_ray():
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture()
+def head_node(tmp_path, no_session_ray):
+    """`ray start --head` in its own temp dir, stopped afterwards."""
+    gcs, dash = _free_port(), _free_port()
+    env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}", RAY_AUTH_MODE="token")
+    tmp = Path("/tmp") / f"rd{os.getpid()}"  # Ray's socket paths must stay short
+    cmd = [
+        str(VENV_BIN / "ray"), "start", "--head", f"--port={gcs}", "--num-cpus=4",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--temp-dir={tmp}",
+        "--object-store-memory=1000000000", "--disable-usage-stats",
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=180)
+    try:
+        yield f"http://127.0.0.1:{dash}", env
+    finally:
+        subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_job_submission_runs_smoke_job(head_node, tmp_path):
+    """The CLI as a Ray job: `ray job submit --working-dir . -- raydistill run …`."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    address, env = head_node
+    os.environ["RAY_AUTH_MODE"] = "token"  # Ray 2.60's client needs it for token auth
+    client = JobSubmissionClient(address)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    entry = (
+        "raydistill run recipes/smoke-cod.yaml "
+        f"out_dir={out} cache_dir={cache} data.teacher_train_rows=600 "
+        "'experiment.methods=[kd]' student.epochs=5"
+    )
+    job_id = client.submit_job(
+        entrypoint=entry,
+        runtime_env={
+            "working_dir": str(ROOT),
+            "excludes": [".venv", ".cache", "runs", ".git", "benchmarks/runs"],
+            "env_vars": {
+                "RAYDISTILL_DATA_DIR": os.environ["RAYDISTILL_DATA_DIR"],
+                "RAYDISTILL_CACHE": os.environ["RAYDISTILL_CACHE"],
+                "HF_HUB_OFFLINE": "1",
+            },
+        },
+    )
+    deadline = time.time() + 600
+    status = client.get_job_status(job_id)
+    while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) and time.time() < deadline:
+        time.sleep(3)
+        status = client.get_job_status(job_id)
+    logs = client.get_job_logs(job_id)
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert [r["method"] for r in report["results"]] == ["kd"]
+    assert "raydistill report: sst2" in logs
+
+
+def test_two_node_cluster_generation_and_training(no_session_ray, tmp_path):
+    """Generation and 2-worker training spread over two Ray nodes on this machine."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from raydistill.cluster.run import run
+    from raydistill.config import load_config
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "object_store_memory": 500_000_000},
+    )
+    cluster.add_node(num_cpus=2, object_store_memory=500_000_000)
+    cluster.wait_for_nodes()
+    try:
+        ray.init(address=cluster.address)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        cfg = load_config(
+            ROOT / "recipes" / "smoke-cod.yaml",
+            [
+                f"out_dir={tmp_path / 'out'}",
+                f"cache_dir={tmp_path / 'cache'}",
+                "data.teacher_train_rows=600",
+                "experiment.methods=[kd+cod]",
+                "student.epochs=5",
+                "student.placement_strategy=STRICT_SPREAD",
+                "generation.rounds=1",
+            ],
+        )
+        report = run(cfg)
+        assert report["counterfactuals"]["seeds"] == 4
+        rows = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+        assert len(rows) == 1
+        assert len(rows[0]["worker_nodes"]) == 2, rows[0]["worker_nodes"]
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
