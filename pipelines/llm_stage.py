@@ -31,6 +31,7 @@ import asyncio
 import functools
 import json
 import logging
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -111,8 +112,12 @@ def build_payload(model: str, messages: list[dict[str, str]], sampling: Sampling
 # ---------------------------------------------------------------------- parsing
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def _clip(s: str, n: int = MAX_ERROR_CHARS) -> str:
-    s = " ".join(str(s).split())
+    """One line, no terminal colour codes (Ray's tracebacks carry them), at most n chars."""
+    s = " ".join(_ANSI.sub("", str(s)).split())
     return s if len(s) <= n else s[: n - 3] + "..."
 
 

