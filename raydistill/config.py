@@ -85,6 +85,8 @@ class PoolConfig:
     concurrency: int = 1
     http_port: int = 8000
     startup_timeout_s: float = 600.0
+    # Extra vLLM engine arguments, merged over the derived ones (e.g. enforce_eager: false).
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

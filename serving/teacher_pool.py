@@ -305,7 +305,7 @@ class VLLMPool(_ServePool):
     """Ray Serve LLM (vLLM engine) behind Serve's OpenAI-compatible ingress.
 
     `engine_kwargs` are extra vLLM engine arguments, merged over the ones derived from
-    the config (and over `cfg.engine_kwargs`, should PoolConfig grow such a field).
+    the config (and over `cfg.engine_kwargs` from the recipe).
 
     On CPU `CPU_ENGINE_DEFAULTS` apply: the engine runs eagerly (vLLM's CPU backend
     otherwise compiles the model with torch inductor at start-up, which took more than

@@ -59,12 +59,10 @@ def direct(checkpoints) -> dict[str, StudentClassifier]:
 
 
 @pytest.fixture(scope="module")
-def server(checkpoints):
-    ray = pytest.importorskip("ray")
+def server(checkpoints, ray_session):
     from ray import serve
     from raydistill.serving.student_app import serve_students
 
-    ray.init(num_cpus=4, object_store_memory=1_000_000_000, include_dashboard=False)
     port = _free_port()
     try:
         serve_students(
@@ -97,7 +95,6 @@ def server(checkpoints):
             yield client
     finally:
         serve.shutdown()
-        ray.shutdown()
 
 
 def _assert_close(served: list[dict], expected: list[dict]) -> None:
