@@ -5,7 +5,7 @@ PY := .venv/bin/python
 RECIPE ?= recipes/sst2-cod.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install demo smoke test test-all lint format
+.PHONY: install demo smoke test test-slow test-all lint format
 
 install:
 	@bash scripts/install.sh
@@ -18,6 +18,9 @@ smoke: install
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 test-all: install
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)

@@ -16,6 +16,10 @@ from pathlib import Path
 
 import pytest
 
+# Each starts a Ray cluster of its own and runs a smoke job (~2–4 min each on 2 cores):
+# outside the 15-minute default run, run by CI's second step (`make test-slow`).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
