@@ -14,8 +14,12 @@ Search space (`sweep.space` in a recipe), dotted keys → distributions::
     student.temperature: {type: grid, values: [1, 2, 4]}       # every value, × num_samples
     experiment.lwd_beta: {type: choice, values: [0.5, 1.0]}    # (a bare list is a grid)
 
-Only keys that leave the prepared data unchanged are sweepable: `student.*` (but
-`num_workers`, which is `sweep.workers_per_trial`) and `experiment.lwd_beta`.
+Only keys that leave the prepared data unchanged are sweepable: `student.*` (not the
+resource settings `num_workers` = `sweep.workers_per_trial`, `use_gpu`,
+`placement_strategy`) and `experiment.lwd_beta`. β for the LWD methods is
+`student.beta` when nonzero, else `experiment.lwd_beta`: sweep one of them (a
+`student.beta` value of 0 falls back to `lwd_beta`). Keys no method of the recipe reads
+(α or T without KD, β without LWD) are rejected: every trial would be the same.
 
 Each report of a trial is one student job (method × k × seed). Schedulers and searchers
 see `mean_dev_accuracy`, the running mean over the trial's jobs so far, so ASHA can stop a
@@ -51,20 +55,26 @@ from raydistill.config import (
 log = logging.getLogger(__name__)
 
 DIST_TYPES = ("grid", "choice", "uniform", "loguniform", "randint")
+# Student fields that are resources, not hyperparameters (why, for the error message).
+_NOT_SWEPT = {
+    "num_workers": "set sweep.workers_per_trial",
+    "use_gpu": "a resource setting, the same for every trial",
+    "placement_strategy": "a resource setting, the same for every trial",
+}
 # section → (dataclass, sweepable fields). Anything else would change what prepare()
 # computed (teacher, data, k-shot plan, counterfactuals) or how the sweep itself runs.
 SWEEPABLE: dict[str, tuple[type, set[str]]] = {
     "student": (
         StudentConfig,
-        {f.name for f in dataclasses.fields(StudentConfig)} - {"num_workers"},
+        {f.name for f in dataclasses.fields(StudentConfig)} - set(_NOT_SWEPT),
     ),
     "experiment": (ExperimentConfig, {"lwd_beta"}),
 }
 # Keys that only some methods read: sweeping them with no such method is wasted compute.
 _KD_KEYS = {"student.alpha", "student.temperature"}
 _LWD_KEYS = {"student.beta", "experiment.lwd_beta", "student.lwd_layer_map"}
-# Metrics a sweep may select on (per-job dev accuracy is selected through its running mean).
 TRIAL_MEMORY = 256 * 1024**2  # the Tune trial's own request (it only drives a TorchTrainer)
+# Metrics a sweep may select on (per-job dev accuracy is selected through its running mean).
 DEV_METRICS = {"dev_accuracy": "mean_dev_accuracy", "mean_dev_accuracy": "mean_dev_accuracy"}
 
 
@@ -100,7 +110,7 @@ class Dist:
             return list(self.values)
         if self.type == "randint":
             return [self.low, self.high - 1]
-        return [self.low, self.high]
+        return [float(self.low), float(self.high)]  # uniform samples are always floats
 
     def describe(self) -> str:
         if self.values is not None:
@@ -114,12 +124,12 @@ def check_key(key: str) -> None:
         raise ConfigError(f"sweep.space: key {key!r} is not a dotted config key")
     section, _, name = key.partition(".")
     top = {f.name for f in dataclasses.fields(RunConfig)}
-    if section not in top:
+    if section not in top or not name:
         raise ConfigError(
             f"sweep.space: unknown key {key!r}: no section {section!r}; "
             f"sweepable: {', '.join(sweepable_keys())}"
         )
-    if section not in SWEEPABLE or not name:
+    if section not in SWEEPABLE:
         raise ConfigError(
             f"sweep.space: {key!r} cannot be swept: trials share one prepared teacher, data "
             f"and counterfactual set; sweepable: {', '.join(sweepable_keys())}"
@@ -130,10 +140,8 @@ def check_key(key: str) -> None:
         raise ConfigError(
             f"sweep.space: unknown key {key!r}; known {section} keys: {', '.join(sorted(fields))}"
         )
-    if name == "num_workers" and section == "student":
-        raise ConfigError(
-            "sweep.space: student.num_workers cannot be swept; set sweep.workers_per_trial"
-        )
+    if section == "student" and name in _NOT_SWEPT:
+        raise ConfigError(f"sweep.space: {key} cannot be swept: {_NOT_SWEPT[name]}")
     if name not in allowed:
         raise ConfigError(
             f"sweep.space: {key!r} cannot be swept: trials share one prepared k-shot plan; "
@@ -298,6 +306,11 @@ def check_sweep(cfg: RunConfig) -> tuple[dict[str, Dist], str]:
                 f"{cfg.experiment.methods} (only {need} methods read it); every trial would be "
                 f"the same"
             )
+    if {"student.beta", "experiment.lwd_beta"} <= set(dists):
+        raise ConfigError(
+            "sweep.space: student.beta and experiment.lwd_beta are the same β (a nonzero "
+            "student.beta overrides lwd_beta); sweep one of them"
+        )
     if s.metric not in DEV_METRICS:
         raise ConfigError(
             f"sweep.metric={s.metric!r}: sweeps select on dev metrics only "
@@ -363,6 +376,31 @@ def no_prepare():
         run_mod.prepare, run_mod.generate_cached, teacher_mod.ensure_teacher = saved
 
 
+def _pin_ray_address() -> None:
+    """Give this trial's Train controller (and its placement-group cleaner) our address.
+
+    When ASHA stops a trial, Tune kills the trial actor; its Train controller dies with it
+    and a detached `PlacementGroupCleaner` must remove the worker group's placement group.
+    That cleaner asks the State API (served by the dashboard) whether the controller is
+    alive, and the State API finds the cluster by `RAY_ADDRESS` or, if unset, by looking
+    for GCS processes on the machine. With the dashboard off, or with more than one Ray
+    instance on the machine (parallel test runs, colleagues' clusters), that lookup fails,
+    the placement group leaks and the next trial waits forever for its workers. Ray Train
+    forwards only its own env vars to the controller, so add RAY_ADDRESS to that list.
+    """
+    import os
+
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    try:
+        from ray.train.v2._internal import constants as train_constants
+
+        train_constants.ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")
+    except (ImportError, AttributeError) as e:  # Ray internals moved: warn, keep going
+        log.warning("could not forward RAY_ADDRESS to Ray Train: %s", e)
+
+
 def _trial(
     params: dict[str, Any], *, base: dict[str, Any], prep_box: dict, sweep_dir: str, workers: int
 ) -> None:
@@ -370,9 +408,9 @@ def _trial(
     import ray
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
-
     from raydistill.cluster import run as run_mod
 
+    _pin_ray_address()
     trial_id = tune.get_context().get_trial_id()
     out = Path(sweep_dir) / "trials" / trial_id
     cfg = trial_config(base, params, out, workers)
@@ -428,7 +466,6 @@ def sweep(cfg: RunConfig, recipe_path: str | None = None) -> dict[str, Any]:
     """Prepare once, tune `cfg.sweep.space` with Ray Tune, write the sweep folder."""
     import ray
     from ray import tune
-
     from raydistill.cluster.run import Stopwatch, prepare
     from raydistill.cluster.runtime import ensure_ray
 
@@ -438,10 +475,13 @@ def sweep(cfg: RunConfig, recipe_path: str | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     info = ensure_ray(cfg.cluster)
     if s.scheduler == "asha" and not info.get("dashboard"):
-        print(
-            "[raydistill] warning: Ray runs without its dashboard; with ASHA, stopped trials "
-            "may not release their Ray Train workers (see ray-notes.md)",
-            flush=True,
+        # Verified on Ray 2.60: the placement group of a trial ASHA stops is only removed by
+        # a cleaner that asks the dashboard's State API; without it the next trial waits for
+        # workers forever. Fail now rather than hang.
+        raise ConfigError(
+            "sweep.scheduler=asha needs the Ray dashboard (its State API cleans up the workers "
+            "of trials ASHA stops; without it the sweep hangs): set "
+            "cluster.include_dashboard=true (and install ray[default]), or sweep.scheduler=fifo"
         )
     cpus = info.get("cpus") or 0
     if cpus and s.max_concurrent_trials * s.workers_per_trial > cpus:
@@ -536,6 +576,8 @@ def sweep(cfg: RunConfig, recipe_path: str | None = None) -> dict[str, Any]:
     paths = write_outputs(cfg, summary, best, sweep_dir, recipe_path)
     summary["paths"] = paths
     print((sweep_dir / "trials.md").read_text(), flush=True)
+    if best is None:
+        raise RuntimeError(f"no trial of the sweep reported a result; see {sweep_dir}/trials.md")
     print(
         f"[raydistill] sweep written to {sweep_dir}; best config: {paths.get('best')}", flush=True
     )
@@ -752,7 +794,7 @@ def plot_sweep(summary: dict[str, Any], path: Path) -> None:
             alpha=0.9,
             label=f"best {r['trial_id']}" if best else None,
         )
-    for x, (name, (_v, ticks)) in enumerate(zip(axes_names, cols, strict=True)):
+    for x, (_name, (_v, ticks)) in enumerate(zip(axes_names, cols, strict=True)):
         ax.axvline(x, color="0.6", linewidth=0.8)
         ax.text(x, -0.08, ticks[0], ha="center", va="top", fontsize=8)
         ax.text(x, 1.08, ticks[1], ha="center", va="bottom", fontsize=8)
