@@ -331,6 +331,7 @@ def test_write_outputs_best_recipe_loads(tmp_path):
 
 
 def _free_port(lo: int = 8300, hi: int = 8399) -> int:
+    """A port in [lo, hi] nothing listens on now (tries them in random order)."""
     ports = list(range(lo, hi + 1))
     random.shuffle(ports)
     for p in ports:
@@ -340,7 +341,7 @@ def _free_port(lo: int = 8300, hi: int = 8399) -> int:
             except OSError:
                 continue
             return p
-    pytest.skip(f"no free port in {lo}-{hi} for the Ray dashboard")
+    pytest.skip(f"no free port in {lo}-{hi}")
 
 
 @pytest.fixture(scope="module")
@@ -388,6 +389,8 @@ def test_smoke_sweep_end_to_end(tmp_path_factory, ray_dashboard, data_dir):
             "student.epochs=4",
             "student.eval_every=2",
             "experiment.methods=[lwd+cod]",  # the CoD path: the driver runs the LLM pool once
+            # Serve's proxy on a free port: 8000 may belong to another Ray on this machine.
+            f"pool.http_port={_free_port(8400, 8499)}",
         ],
     )
     summary = T.sweep(cfg, recipe_path=str(SMOKE))
