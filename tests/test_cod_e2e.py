@@ -19,6 +19,11 @@ pytestmark = pytest.mark.ray
 def smoke_run(tmp_path_factory, ray_session, data_dir):
     from raydistill.cluster.run import run
 
+    import socket
+
+    with socket.socket() as sock:  # Serve's HTTP port: 8000 may be taken on a shared machine
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     out = tmp_path_factory.mktemp("smoke")
     cache = tmp_path_factory.mktemp("cache")
     cfg = load_config(

@@ -63,6 +63,7 @@ def server(checkpoints, ray_session):
     from ray import serve
     from raydistill.serving.student_app import serve_students
 
+    serve.shutdown()  # a Serve instance left by another module is bound to its own port
     port = _free_port()
     try:
         serve_students(
