@@ -19,8 +19,10 @@ smoke: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# Ray 2.60 turns token auth on once ~/.ray/auth_token exists; `ray start` heads and
+# cluster_utils nodes then need clients in token mode, and Ray reads this at import.
 test-slow: install
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+	RAY_AUTH_MODE=token $(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 test-all: install
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)

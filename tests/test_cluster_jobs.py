@@ -31,9 +31,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture()
-def no_session_ray():
+def no_session_ray(monkeypatch):
     import ray
 
+    # Ray 2.60 enables token auth for local clusters once a token exists (~/.ray); the
+    # clients in this process must then send it too.
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
     if ray.is_initialized():
         ray.shutdown()
     yield
@@ -64,7 +67,6 @@ def test_job_submission_runs_smoke_job(head_node, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     address, env = head_node
-    os.environ["RAY_AUTH_MODE"] = "token"  # Ray 2.60's client needs it for token auth
     client = JobSubmissionClient(address)
     out, cache = tmp_path / "out", tmp_path / "cache"
     entry = (
