@@ -411,6 +411,8 @@ def train(
                 dest = students / job.name
                 shutil.rmtree(dest, ignore_errors=True)
                 ckpt.to_directory(str(dest))
+                prov = dest / "raydistill_train.json"
+                nodes = json.loads(prov.read_text())["worker_nodes"] if prov.exists() else None
                 row = {
                     "job": job.name,
                     "method": job.meta["method"],
@@ -424,7 +426,7 @@ def train(
                     "originals": job.meta["originals"],
                     "counterfactuals": job.meta["counterfactuals"],
                     "train_s": metrics["train_s"],
-                    "worker_nodes": metrics.get("worker_nodes"),
+                    "worker_nodes": nodes,
                     "checkpoint": str(dest),
                     "signature": signature,
                 }

@@ -32,10 +32,13 @@ def ensure_ray(cfg: ClusterConfig | None = None) -> dict[str, Any]:
     cfg = cfg or ClusterConfig()
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or cfg.address
-        kwargs: dict[str, Any] = {"runtime_env": runtime_env(), "log_to_driver": True}
+        kwargs: dict[str, Any] = {"log_to_driver": True}
         if address:
+            # Joining a cluster (e.g. under `ray job submit`): the job's own runtime_env
+            # applies; passing another one here fails to merge with it.
             kwargs["address"] = address
         else:
+            kwargs["runtime_env"] = runtime_env()
             # A small machine needs logical CPUs above its cores: a Serve replica, a Ray
             # Data stage and the HTTP actors deadlock on exactly 2 (see ray-notes.md).
             kwargs["num_cpus"] = cfg.num_cpus or max(4, 2 * (os.cpu_count() or 2))

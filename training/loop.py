@@ -9,6 +9,7 @@ epoch on the dev split, evaluates on the test split and reports one HF checkpoin
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -301,6 +302,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             jobs_done=len(dev_scores),
         )
         if ckpt_dir is not None:
+            # Provenance next to the weights (Ray keeps only scalar-friendly metrics).
+            info = {"worker_nodes": sorted(set(nodes)), "world_size": world, "job": metrics["job"]}
+            with open(os.path.join(ckpt_dir, "raydistill_train.json"), "w") as f:
+                json.dump(info, f)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(ckpt_dir))
         else:
             ray.train.report(metrics)
