@@ -59,7 +59,9 @@ def head_node(tmp_path, no_session_ray):
     try:
         yield f"http://127.0.0.1:{dash}", env
     finally:
-        subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        subprocess.run(
+            [str(VENV_BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120
+        )
 
 
 def test_job_submission_runs_smoke_job(head_node, tmp_path):
@@ -74,7 +76,7 @@ def test_job_submission_runs_smoke_job(head_node, tmp_path):
         f"out_dir={out} cache_dir={cache} data.teacher_train_rows=600 "
         "'experiment.methods=[kd]' student.epochs=5"
     )
-    job_id = client.submit_job(
+    submit = dict(
         entrypoint=entry,
         runtime_env={
             "working_dir": str(ROOT),
@@ -86,9 +88,21 @@ def test_job_submission_runs_smoke_job(head_node, tmp_path):
             },
         },
     )
+    # The head's job agent comes up a little after `ray start` returns.
+    for attempt in range(30):
+        try:
+            job_id = client.submit_job(**submit)
+            break
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or attempt == 29:
+                raise
+            time.sleep(2)
     deadline = time.time() + 600
     status = client.get_job_status(job_id)
-    while status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED) and time.time() < deadline:
+    while (
+        status not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED)
+        and time.time() < deadline
+    ):
         time.sleep(3)
         status = client.get_job_status(job_id)
     logs = client.get_job_logs(job_id)
@@ -129,7 +143,9 @@ def test_two_node_cluster_generation_and_training(no_session_ray, tmp_path):
         )
         report = run(cfg)
         assert report["counterfactuals"]["seeds"] == 4
-        rows = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+        rows = [
+            json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()
+        ]
         assert len(rows) == 1
         assert len(rows[0]["worker_nodes"]) == 2, rows[0]["worker_nodes"]
     finally:
