@@ -284,11 +284,12 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return tree
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge_dicts(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Nested merge, `extra` wins; recipes + overrides and sweep params share it."""
     out = dict(base)
     for k, v in extra.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
+            out[k] = merge_dicts(out[k], v)
         else:
             out[k] = v
     return out
@@ -307,7 +308,7 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
             raise ConfigError(f"recipe {path} is not valid YAML: {e}") from e
         if not isinstance(data, dict):
             raise ConfigError(f"recipe {path} must be a mapping at top level")
-    data = _merge(data, parse_overrides(overrides or []))
+    data = merge_dicts(data, parse_overrides(overrides or []))
     return from_dict(RunConfig, data)
 
 

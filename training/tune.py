@@ -50,6 +50,7 @@ from raydistill.config import (
     StudentConfig,
     config_from_dict,
     dump_config,
+    merge_dicts,
 )
 
 log = logging.getLogger(__name__)
@@ -254,13 +255,7 @@ def _plain(v: Any) -> Any:
 
 
 def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
-        else:
-            out[k] = v
-    return out
+    return merge_dicts(copy.deepcopy(base), extra)
 
 
 def apply_params(base: RunConfig | dict[str, Any], params: dict[str, Any]) -> RunConfig:
