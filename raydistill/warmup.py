@@ -1,0 +1,33 @@
+"""Pay the one-time costs at install time instead of inside the first run.
+
+`python -m raydistill.warmup` (called by scripts/install.sh) compiles DeepSpeed's CPU comm
+op into the venv and materializes the bundled SmolLM2 GGUF as a plain HF folder in the
+model cache. Without it the first `make smoke`/`make demo` spends ~1.5 min on both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m raydistill.warmup", description=__doc__)
+    ap.add_argument("--models", nargs="*", default=["smollm2-135m-instruct"])
+    args = ap.parse_args(argv)
+    from raydistill.registry import resolve_model
+    from raydistill.training.deepspeed_ops import extensions_dir, prebuild_cpu_ops
+
+    t0 = time.perf_counter()
+    built = prebuild_cpu_ops()
+    print(f"deepspeed CPU ops: {'built' if built else 'none needed'} in {extensions_dir()} "
+          f"({time.perf_counter() - t0:.0f}s)")
+    for name in args.models:
+        t0 = time.perf_counter()
+        path = resolve_model(name)
+        print(f"model {name}: {path} ({time.perf_counter() - t0:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
