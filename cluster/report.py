@@ -96,6 +96,7 @@ def write_report(
     gen_stats: dict[str, Any] | None = None,
     teacher_info: dict[str, Any] | None = None,
     timings: dict[str, float] | None = None,
+    peak_memory_mb: dict[str, float] | None = None,
     cluster: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     out = Path(out_dir)
@@ -110,6 +111,7 @@ def write_report(
     prev = json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
     teacher_info = teacher_info or prev.get("teacher") or {}
     timings = timings or prev.get("timings") or {}
+    peak_memory_mb = peak_memory_mb or prev.get("peak_memory_mb") or {}
     cluster = cluster or prev.get("cluster") or {}
     task = cfg.data.task if cfg is not None else prev.get("task", "?")
     agg = aggregate(results)
@@ -147,6 +149,7 @@ def write_report(
         },
         "teacher": teacher_info,
         "timings": timings,
+        "peak_memory_mb": peak_memory_mb,
         "cluster": cluster,
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
     }
@@ -214,8 +217,18 @@ def render_markdown(report: dict[str, Any]) -> str:
         if run.get("rejects"):
             lines.append(f"- rejected candidates by reason (this run): {run['rejects']}")
     if report.get("timings"):
-        lines += ["", "## Wall time by stage (s)", "", "| stage | seconds |", "|---|---|"]
+        mem = report.get("peak_memory_mb") or {}
+        lines += [
+            "",
+            "## Wall time and peak memory by stage",
+            "",
+            "Memory: the driver node's memory in use (all processes), peak during the stage.",
+            "",
+            "| stage | seconds | peak node memory (GiB) |",
+            "|---|---|---|",
+        ]
         for k, v in report["timings"].items():
-            lines.append(f"| {k} | {v} |")
+            m = f"{mem[k] / 1024:.1f}" if k in mem else ""
+            lines.append(f"| {k} | {v} | {m} |")
     lines += ["", "![accuracy vs k](accuracy_vs_k.png)", ""]
     return "\n".join(lines)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from raydistill.cluster.stages import Stopwatch
 from raydistill.pipelines.tasks import TaskSpec, get_task
 
 from raydistill.config import RunConfig, stable_hash
@@ -55,26 +56,6 @@ class Prepared:
     teacher_layers: int
     plan: dict[tuple[str, int, int], list[str]] = field(default_factory=dict)  # job → row ids
     timings: dict[str, float] = field(default_factory=dict)
-
-
-class Stopwatch:
-    def __init__(self) -> None:
-        self.t: dict[str, float] = {}
-
-    def stage(self, name: str):
-        sw = self
-
-        class _C:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-                log.info("stage %s …", name)
-                print(f"[raydistill] {name} …", flush=True)
-
-            def __exit__(self, *exc):
-                sw.t[name] = round(sw.t.get(name, 0.0) + time.perf_counter() - self.t0, 2)
-                print(f"[raydistill] {name} done in {sw.t[name]:.1f}s", flush=True)
-
-        return _C()
 
 
 def _subset(rows: list[dict[str, Any]], n: int | None, seed: int) -> list[dict[str, Any]]:
@@ -457,5 +438,6 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         gen_stats=prep.gen_stats,
         teacher_info=prep.teacher_info,
         timings=sw.t,
+        peak_memory_mb=sw.peak_mb,
         cluster=info,
     )

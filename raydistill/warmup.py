@@ -20,8 +20,10 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     built = prebuild_cpu_ops()
-    print(f"deepspeed CPU ops: {'built' if built else 'none needed'} in {extensions_dir()} "
-          f"({time.perf_counter() - t0:.0f}s)")
+    print(
+        f"deepspeed CPU ops: {'built' if built else 'none needed'} in {extensions_dir()} "
+        f"({time.perf_counter() - t0:.0f}s)"
+    )
     for name in args.models:
         t0 = time.perf_counter()
         path = resolve_model(name)

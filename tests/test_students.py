@@ -90,3 +90,26 @@ def test_freeze_embeddings_leaves_layers_trainable():
     assert not any(p.requires_grad for p in emb.parameters())
     assert all(p.requires_grad for p in s.model.bert.encoder.parameters())
     assert s.model.classifier.weight.requires_grad
+
+
+def test_batcher_cuts_padding_without_changing_outputs():
+    from raydistill.training.loop import _Batcher
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = resolve_model("tiny-bert")
+    tok = AutoTokenizer.from_pretrained(path)
+    rows = [
+        {"text": "good", "label": 1},
+        {"text": "bad", "label": 0},
+        {"text": "a long and winding sentence that pads every other row a lot", "label": 1},
+    ]
+    data = _Batcher(tok, rows, max_length=32)
+    short = torch.tensor([0, 1])
+    ids, mask = data.batch(short)
+    assert ids.shape[1] < data.ids.shape[1] and bool(mask.all())  # only used columns left
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    with torch.no_grad():
+        cut = model(input_ids=ids, attention_mask=mask).logits
+        full = model(input_ids=data.ids[short], attention_mask=data.mask[short]).logits
+    torch.testing.assert_close(cut, full, atol=1e-5, rtol=1e-4)
+    assert data.batch(torch.tensor([2]))[0].shape[1] == data.ids.shape[1]

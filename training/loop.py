@@ -106,6 +106,20 @@ class _Batcher:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows `idx`, cut to the columns any of them uses.
+
+        Tokenizing once pads every row to the longest in the job (64 tokens on SST-2,
+        whose median sentence is ~20): without the cut a step computes mostly padding.
+        Works for left- and right-padding tokenizers alike.
+        """
+        ids, mask = self.ids[idx], self.mask[idx]
+        used = mask.any(dim=0).nonzero()
+        if len(used):
+            lo, hi = int(used.min()), int(used.max()) + 1
+            ids, mask = ids[:, lo:hi], mask[:, lo:hi]
+        return ids, mask
+
 
 @torch.no_grad()
 def _predict(model, tokenizer, texts: list[str], max_length: int, bs: int = 128) -> np.ndarray:
@@ -218,7 +232,8 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
         sl = slice(i * micro, (i + 1) * micro)
         idx = perm[sl] if job.batch_size is not None else torch.arange(len(data))
         dev = engine.device  # CPU here; the worker's GPU under use_gpu (NCCL backend)
-        logits, proj = engine(data.ids[idx].to(dev), data.mask[idx].to(dev), with_hidden=lwd)
+        ids, mask = data.batch(idx)
+        logits, proj = engine(ids.to(dev), mask.to(dev), with_hidden=lwd)
         t_hidden = (
             data.t_hidden[idx][:, layer_idx].to(dev)
             if (lwd and data.t_hidden is not None)

@@ -1,0 +1,634 @@
+"""System performance, measured side by side in one run (absolute times drift here).
+
+1. Teacher generation tokens/s: a one-request-at-a-time `transformers.generate` loop over
+   the same model (how reference CoD code calls its generator) vs the raydistill teacher
+   pool (Ray Serve LLM + vLLM) fed by Ray Data, at several batch sizes (and, in the full
+   run, replica counts); ratio to the loop and fraction of the CPU roofline
+   (2·params FLOPs per token against the measured peak matmul FLOP/s).
+2. Training samples/s: a plain PyTorch loop vs the raydistill Ray Train + DeepSpeed path at
+   equal work with 1 worker, and the Ray path with 2 workers; overhead in %.
+3. Teacher forward passes per training example: cached soft labels (one annotation pass)
+   vs a teacher forward inside every step, both measured.
+4. End-to-end stage times and peak memory of `recipes/sst2-cod.yaml`, read from a run's
+   report.json (`--e2e-report`), plus peak node memory of this benchmark's own stages.
+
+    python -m benchmarks.throughput --quick        # headline ratios, < 3 min
+    python -m benchmarks.throughput                # full: writes results/throughput.{md,json}
+
+The last printed line is the headline, e.g.
+`pool_vs_sequential=12.3x roofline=41% train_overhead=8%`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# ------------------------------------------------------------------ roofline
+
+
+def peak_matmul_flops(n: int = 2048, reps: int = 5) -> dict[str, float]:
+    """Best achieved FLOP/s of a square matmul in fp32 and bf16 on all cores."""
+    import torch
+
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(n, n, dtype=dtype)
+        b = torch.randn(n, n, dtype=dtype)
+        torch.matmul(a, b)  # warm-up (thread pool, kernels)
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            torch.matmul(a, b)
+            best = min(best, time.perf_counter() - t0)
+        out[name] = 2 * n**3 / best
+    out["peak"] = max(out["fp32"], out["bf16"])
+    return out
+
+
+# ------------------------------------------------------------------ generation
+
+
+def cod_prompts(n: int, seed: int = 0) -> list[list[dict[str, str]]]:
+    """Real counterfactual prompts on SST-2 training sentences (the job's workload)."""
+    import random
+
+    from raydistill.pipelines.datasets import load_split
+    from raydistill.pipelines.prompts import counterfactual_messages
+    from raydistill.pipelines.tasks import get_task
+
+    from raydistill.config import DataConfig
+
+    spec = get_task("sst2")
+    rows = load_split(DataConfig(task="sst2"), "train")
+    rng = random.Random(seed)
+    picked = rng.sample(rows, n)
+    out = []
+    for r in picked:
+        src = spec.label_names[int(r["label"])]
+        tgt = spec.label_names[1 - int(r["label"])]
+        out.append(counterfactual_messages(spec, r["text"], src, tgt))
+    return out
+
+
+def sequential_generation(model_dir: str, prompts, max_new_tokens: int) -> dict[str, Any]:
+    """One prompt at a time through `model.generate` (fp32, all cores)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    params = sum(p.numel() for p in model.parameters())
+    tokens, t_total = 0, 0.0
+    torch.manual_seed(0)
+    for i, messages in enumerate([prompts[0], *prompts]):  # first call is a warm-up
+        ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+        if not isinstance(ids, torch.Tensor):  # some versions return a BatchEncoding
+            ids = ids["input_ids"]
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                temperature=0.9,
+                top_p=0.95,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tok.pad_token_id or tok.eos_token_id,
+            )
+        dt = time.perf_counter() - t0
+        if i == 0:
+            continue
+        tokens += int(out.shape[1] - ids.shape[1])
+        t_total += dt
+    return {
+        "prompts": len(prompts),
+        "generated_tokens": tokens,
+        "seconds": round(t_total, 2),
+        "tokens_per_s": tokens / t_total,
+        "params": params,
+    }
+
+
+def pool_generation(
+    model: str,
+    prompts,
+    max_new_tokens: int,
+    batch_sizes: list[int],
+    replicas: int,
+    port: int,
+) -> dict[str, Any]:
+    """Start the vLLM teacher pool and stream the prompts through it with Ray Data."""
+    import ray
+    from raydistill.pipelines.llm_stage import Sampling, chat_stage
+    from raydistill.serving.teacher_pool import make_pool
+
+    from raydistill.config import PoolConfig
+
+    cfg = PoolConfig(
+        backend="vllm",
+        model=model,
+        min_replicas=replicas,
+        max_replicas=replicas,
+        http_port=port,
+    )
+    pool = make_pool(cfg)
+    t0 = time.perf_counter()
+    endpoint = pool.start()
+    startup = time.perf_counter() - t0
+    runs = []
+    try:
+        sampling = Sampling(n=1, temperature=0.9, top_p=0.95, max_tokens=max_new_tokens)
+        # Warm-up request set (the first batch pays for lazy allocations).
+        warm = chat_stage(
+            ray.data.from_items([{"messages": m} for m in prompts[:2]]), endpoint, sampling
+        )
+        warm.materialize()
+        for bs in batch_sizes:
+            ds = ray.data.from_items([{"messages": m} for m in prompts])
+            t1 = time.perf_counter()
+            rows = chat_stage(ds, endpoint, sampling, batch_size=bs).take_all()
+            dt = time.perf_counter() - t1
+            errors = [r["llm_error"] for r in rows if r.get("llm_error")]
+            tokens = int(sum(int(r["generated_tokens"] or 0) for r in rows))
+            runs.append(
+                {
+                    "replicas": replicas,
+                    "batch_size": bs,
+                    "prompts": len(rows),
+                    "generated_tokens": tokens,
+                    "seconds": round(dt, 2),
+                    "tokens_per_s": tokens / dt,
+                    "failed_requests": len(errors),
+                    "first_error": errors[0] if errors else None,
+                }
+            )
+            print(
+                f"  pool replicas={replicas} batch={bs}: {tokens} tokens in {dt:.1f}s "
+                f"= {tokens / dt:.0f} tok/s ({len(errors)} failed)",
+                flush=True,
+            )
+    finally:
+        pool.shutdown()
+    return {"startup_s": round(startup, 1), "runs": runs}
+
+
+# ------------------------------------------------------------------ training
+
+
+def training_rows(n: int, teacher_dir: str, max_length: int, with_hidden: bool):
+    """SST-2 rows with cached teacher logits (and hidden states for LWD)."""
+    import random
+
+    from raydistill.pipelines.datasets import load_split
+    from raydistill.pipelines.soft_labels import TeacherAnnotator
+    from raydistill.pipelines.tasks import get_task
+
+    from raydistill.config import DataConfig
+
+    spec = get_task("sst2")
+    rows = random.Random(1).sample(load_split(DataConfig(task="sst2"), "train"), n)
+    ann = TeacherAnnotator(teacher_dir, max_length=max_length, with_hidden=with_hidden)
+    batch = ann({"text": [r["text"] for r in rows]})
+    out = []
+    for i, r in enumerate(rows):
+        row = {"text": r["text"], "label": int(r["label"])}
+        row["teacher_logits"] = list(map(float, batch["teacher_logits"][i]))
+        if with_hidden:
+            row["teacher_hidden"] = batch["teacher_hidden"][i]
+        out.append(row)
+    return spec, out
+
+
+def plain_torch_training(
+    backbone: str,
+    label_names: list[str],
+    rows,
+    dev_rows,
+    *,
+    epochs: int,
+    batch_size: int,
+    max_length: int,
+    teacher_dir: str | None = None,
+    threads: int,
+) -> dict[str, Any]:
+    """The same student, loss and batches as `training.loop.run_job`, in one process.
+
+    With `teacher_dir` the teacher's logits are recomputed inside every step (what a
+    training loop without the cached annotation pass does) instead of read from the rows.
+    """
+    import numpy as np
+    import torch
+    from raydistill.training.classifier import Classifier
+    from raydistill.training.loop import _Batcher, evaluate
+    from raydistill.training.losses import distill_loss
+    from raydistill.training.students import DistillStudent
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    teacher = Classifier(teacher_dir, max_length=max_length) if teacher_dir else None
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(backbone)
+    student = DistillStudent(backbone, label_names, num_layers=2, freeze_embeddings=True)
+    data = _Batcher(tok, rows, max_length)
+    texts = [r["text"] for r in rows]
+    params = [p for p in student.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.01)
+    rng = np.random.default_rng(0)
+    steps_per_epoch = max(1, len(data) // batch_size)
+    teacher_forwards = 0
+    student.train()
+    for _ in range(epochs):
+        perm = torch.from_numpy(rng.permutation(len(data)))
+        for i in range(steps_per_epoch):
+            idx = perm[i * batch_size : (i + 1) * batch_size]
+            if teacher is not None:
+                t_logits = torch.from_numpy(teacher.logits([texts[j] for j in idx.tolist()]))
+                teacher_forwards += len(idx)
+            else:
+                t_logits = data.t_logits[idx]
+            logits, _ = student(*data.batch(idx))
+            loss, _ = distill_loss(
+                logits, data.labels[idx], t_logits.float(), alpha=1.0, temperature=2.0
+            )
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+    m = evaluate(student.model, tok, dev_rows, None, max_length)
+    dt = time.perf_counter() - t0
+    samples = epochs * steps_per_epoch * batch_size
+    return {
+        "seconds": round(dt, 2),
+        "samples": samples,
+        "samples_per_s": samples / dt,
+        "dev_accuracy": m["accuracy"],
+        "teacher_forwards_per_example": teacher_forwards / len(rows) if teacher else 0.0,
+    }
+
+
+def ray_training(
+    backbone: str,
+    label_names: list[str],
+    rows,
+    dev_rows,
+    *,
+    epochs: int,
+    batch_size: int,
+    max_length: int,
+    workers: int,
+    storage: str,
+    threads_per_worker: int,
+) -> dict[str, Any]:
+    """The raydistill path: one TrainJob through `fit_jobs` (Ray Train + DeepSpeed)."""
+    from raydistill.training.loop import TrainJob, fit_jobs
+
+    job = TrainJob(
+        name=f"bench-w{workers}",
+        backbone=backbone,
+        label_names=label_names,
+        train_rows=rows,
+        dev_rows=dev_rows,
+        test_rows=dev_rows,
+        num_layers=2,
+        freeze_embeddings=True,
+        alpha=1.0,
+        temperature=2.0,
+        lr=3e-4,
+        epochs=epochs,
+        # Per-rank micro-batch: the global batch (and so the work per epoch) stays equal.
+        batch_size=max(1, batch_size // workers),
+        max_length=max_length,
+        eval_every=0,
+        zero_stage=2,
+    )
+    t0 = time.perf_counter()
+    [(metrics, _ckpt)] = fit_jobs(
+        [job],
+        num_workers=workers,
+        storage_path=storage,
+        name=f"throughput-w{workers}-{int(time.time())}",
+        threads_per_worker=threads_per_worker,
+    )
+    wall = time.perf_counter() - t0
+    steps_per_epoch = max(1, (len(rows) // workers) // max(1, batch_size // workers))
+    samples = epochs * steps_per_epoch * max(1, batch_size // workers) * workers
+    # metrics["train_s"] is measured inside the worker over the same span as the plain
+    # loop (tokenizer + model build, DeepSpeed engine, steps, final evaluation);
+    # `wall` adds Ray Train's worker-group start and checkpoint upload.
+    return {
+        "workers": workers,
+        "seconds_in_worker": metrics["train_s"],
+        "seconds_wall": round(wall, 2),
+        "samples": samples,
+        "samples_per_s": samples / metrics["train_s"],
+        "samples_per_s_wall": samples / wall,
+        "dev_accuracy": metrics["dev_accuracy"],
+    }
+
+
+# ------------------------------------------------------------------ driver
+
+
+def find_teacher(cache: Path) -> str | None:
+    hits = sorted((cache / "teachers").glob("sst2-*/raydistill_teacher.json"))
+    return str(hits[-1].parent) if hits else None
+
+
+def machine() -> dict[str, Any]:
+    import psutil
+    import torch
+
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def render_md(res: dict[str, Any]) -> str:
+    h = res["headline"]
+    lines = [
+        "# Throughput: teacher pool and training vs their baselines",
+        "",
+        f"Command: `{res['command']}`  ",
+        f"Machine: {res['machine']['cpus']} CPUs, {res['machine']['memory_gb']} GB, "
+        f"{res['machine']['platform']}, torch {res['machine']['torch']}; load average at "
+        f"start {res['machine']['load_avg_at_start']}. Date: {res['date']}.",
+        "",
+        "## Headline",
+        "",
+        f"`{h['line']}`",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        f"| teacher pool ≥ 10× one-request loop | {h['pool_vs_sequential']:.1f}× | "
+        f"{'yes' if h['pool_vs_sequential'] >= 10 else 'no'} |",
+        f"| pool ≥ 40% of CPU roofline | {h['roofline_pct']:.0f}% | "
+        f"{'yes' if h['roofline_pct'] >= 40 else 'no'} |",
+        f"| Ray Train + DeepSpeed overhead ≤ 15% (1 worker, in-worker span) | "
+        f"{h['train_overhead_pct']:.0f}% | {'yes' if h['train_overhead_pct'] <= 15 else 'no'} |",
+        "",
+        "## Generation (SmolLM2-135M-Instruct, counterfactual prompts on SST-2)",
+        "",
+    ]
+    g = res["generation"]
+    roof = res["roofline"]
+    lines += [
+        f"Peak matmul: fp32 {roof['fp32'] / 1e9:.0f} GFLOP/s, bf16 {roof['bf16'] / 1e9:.0f} "
+        f"GFLOP/s → roofline {roof['tokens_per_s']:.0f} tok/s for {g['sequential']['params'] / 1e6:.0f}M "
+        "params (2·params FLOPs per token).",
+        "",
+        "| generator | replicas | batch | prompts | tokens | s | tok/s | × loop | % roofline |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    s = g["sequential"]
+    lines.append(
+        f"| transformers loop, one request at a time | – | 1 | {s['prompts']} | "
+        f"{s['generated_tokens']} | {s['seconds']} | {s['tokens_per_s']:.1f} | 1.0 | "
+        f"{100 * s['tokens_per_s'] / roof['tokens_per_s']:.1f} |"
+    )
+    for p in g["pool"]:
+        for r in p["runs"]:
+            lines.append(
+                f"| Serve LLM + vLLM pool via Ray Data | {r['replicas']} | {r['batch_size']} | "
+                f"{r['prompts']} | {r['generated_tokens']} | {r['seconds']} | "
+                f"{r['tokens_per_s']:.1f} | {r['tokens_per_s'] / s['tokens_per_s']:.1f} | "
+                f"{100 * r['tokens_per_s'] / roof['tokens_per_s']:.1f} |"
+            )
+    lines += [
+        "",
+        "Pool start-up (not in tok/s): "
+        + ", ".join(
+            f"{p['runs'][0]['replicas'] if p['runs'] else '?'} replica(s) {p['startup_s']} s"
+            for p in g["pool"]
+        ),
+        "",
+        "## Training (2-layer MiniLM student, KD loss, cached teacher logits)",
+        "",
+        "| path | workers | samples | s (same span) | samples/s | overhead vs plain | wall s (incl. Ray start) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    t = res["training"]
+    p0 = t["plain"]
+    lines.append(
+        f"| plain PyTorch loop | 1 process | {p0['samples']} | {p0['seconds']} | "
+        f"{p0['samples_per_s']:.1f} | – | {p0['seconds']} |"
+    )
+    for r in t["ray"]:
+        ov = 100 * (p0["samples_per_s"] / r["samples_per_s"] - 1)
+        lines.append(
+            f"| Ray Train + DeepSpeed ZeRO-2 | {r['workers']} | {r['samples']} | "
+            f"{r['seconds_in_worker']} | {r['samples_per_s']:.1f} | {ov:+.0f}% | {r['seconds_wall']} |"
+        )
+    tf = t.get("teacher_per_step")
+    if tf:
+        lines += [
+            "",
+            "## Teacher forward passes per training example",
+            "",
+            "| soft labels | teacher forwards / example | samples/s |",
+            "|---|---|---|",
+            f"| cached (one annotation pass, raydistill) | 1 | {p0['samples_per_s']:.1f} |",
+            f"| recomputed every step | {tf['teacher_forwards_per_example']:.0f} | "
+            f"{tf['samples_per_s']:.1f} |",
+            "",
+            f"At the recipe's {t['recipe_epochs']} epochs a per-step teacher would run "
+            f"{t['recipe_epochs']} forwards per example; measured slowdown here: "
+            f"{p0['samples_per_s'] / tf['samples_per_s']:.1f}× per step.",
+        ]
+    mem = res.get("peak_memory_mb") or {}
+    if mem:
+        lines += [
+            "",
+            "## Peak node memory during this benchmark's stages",
+            "",
+            "| stage | GiB |",
+            "|---|---|",
+        ]
+        lines += [f"| {k} | {v / 1024:.1f} |" for k, v in mem.items()]
+    e2e = res.get("e2e")
+    if e2e:
+        lines += [
+            "",
+            f"## End to end: `{e2e['command']}`",
+            "",
+            f"From `{e2e['report']}`.",
+            "",
+            "| stage | seconds | peak node memory (GiB) |",
+            "|---|---|---|",
+        ]
+        for k, v in e2e["timings"].items():
+            m = e2e.get("peak_memory_mb", {}).get(k)
+            lines.append(f"| {k} | {v} | {'' if m is None else f'{m / 1024:.1f}'} |")
+    if res.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in res["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="headline ratios in < 3 min")
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--e2e-report", default="runs/sst2-cod/report.json")
+    ap.add_argument("--out", default=None, help="results basename (default: throughput[_quick])")
+    ap.add_argument("--port", type=int, default=8011)
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from raydistill.cluster.runtime import ensure_ray
+    from raydistill.cluster.stages import Stopwatch
+
+    from raydistill.registry import cache_root, resolve_model
+
+    quick = args.quick
+    cores = os.cpu_count() or 2
+    res: dict[str, Any] = {
+        "command": "python -m benchmarks.throughput "
+        + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+        "quick": quick,
+        "notes": [],
+    }
+    sw = Stopwatch()
+    n_prompts = 32 if quick else 64
+    n_seq = 3 if quick else 8
+    max_new = 32 if quick else 48
+    batch_sizes = [32] if quick else [8, 32, 64]
+    replica_counts = [1] if quick else [1, 2]
+
+    with sw.stage("roofline"):
+        roof = peak_matmul_flops(n=1024 if quick else 2048)
+    model_dir = resolve_model(args.model)
+    prompts = cod_prompts(n_prompts)
+    with sw.stage("sequential_generation"):
+        seq = sequential_generation(model_dir, prompts[:n_seq], max_new)
+    roof["tokens_per_s"] = roof["peak"] / (2 * seq["params"])
+    res["roofline"] = roof
+    print(
+        f"  sequential loop: {seq['tokens_per_s']:.1f} tok/s; roofline {roof['tokens_per_s']:.0f} tok/s",
+        flush=True,
+    )
+
+    ensure_ray()
+    pools = []
+    with sw.stage("pool_generation"):
+        for r in replica_counts:
+            pools.append(pool_generation(args.model, prompts, max_new, batch_sizes, r, args.port))
+    res["generation"] = {"sequential": seq, "pool": pools, "max_new_tokens": max_new}
+    best_pool = max(run["tokens_per_s"] for p in pools for run in p["runs"])
+
+    teacher = find_teacher(cache_root()) or find_teacher(Path(".cache/raydistill"))
+    backbone = resolve_model("all-minilm-l6-v2")
+    if teacher is None:
+        teacher = backbone
+        res["notes"].append(
+            "no trained SST-2 teacher in the cache: the MiniLM backbone with an untrained "
+            "head stands in (speed is the same, accuracies are meaningless)"
+        )
+    n_rows = 64 if quick else 256
+    epochs = 2 if quick else 4
+    bs = 16
+    spec, rows = training_rows(n_rows, teacher, 64, with_hidden=False)
+    dev = rows[:16]
+    kw = dict(epochs=epochs, batch_size=bs, max_length=64)
+    labels = list(spec.label_names)
+    with sw.stage("training"):
+        plain = plain_torch_training(backbone, labels, rows, dev, threads=cores, **kw)
+        print(f"  plain torch: {plain['samples_per_s']:.1f} samples/s", flush=True)
+        storage = str(Path(cache_root()) / "bench-train")
+        ray_runs = [
+            ray_training(
+                backbone,
+                labels,
+                rows,
+                dev,
+                workers=1,
+                storage=storage,
+                threads_per_worker=cores,
+                **kw,
+            )
+        ]
+        print(f"  ray train 1 worker: {ray_runs[0]['samples_per_s']:.1f} samples/s", flush=True)
+        if not quick:
+            ray_runs.append(
+                ray_training(
+                    backbone,
+                    labels,
+                    rows,
+                    dev,
+                    workers=2,
+                    storage=storage,
+                    threads_per_worker=max(1, cores // 2),
+                    **kw,
+                )
+            )
+        per_step = None
+        if not quick:
+            per_step = plain_torch_training(
+                backbone, labels, rows, dev, threads=cores, teacher_dir=teacher, **kw
+            )
+    res["training"] = {
+        "plain": plain,
+        "ray": ray_runs,
+        "teacher_per_step": per_step,
+        "rows": n_rows,
+        "epochs": epochs,
+        "batch_size": bs,
+        "recipe_epochs": 60,
+    }
+    res["peak_memory_mb"] = sw.peak_mb
+    res["stage_seconds"] = sw.t
+
+    e2e = Path(args.e2e_report)
+    if e2e.exists():
+        rep = json.loads(e2e.read_text())
+        res["e2e"] = {
+            "report": str(e2e),
+            "command": "raydistill run recipes/sst2-cod.yaml",
+            "timings": rep.get("timings", {}),
+            "peak_memory_mb": rep.get("peak_memory_mb", {}),
+        }
+
+    overhead = 100 * (plain["samples_per_s"] / ray_runs[0]["samples_per_s"] - 1)
+    ratio = best_pool / seq["tokens_per_s"]
+    roof_pct = 100 * best_pool / roof["tokens_per_s"]
+    line = (
+        f"pool_vs_sequential={ratio:.1f}x roofline={roof_pct:.0f}% train_overhead={overhead:.0f}%"
+    )
+    res["headline"] = {
+        "pool_vs_sequential": ratio,
+        "roofline_pct": roof_pct,
+        "train_overhead_pct": overhead,
+        "best_pool_tokens_per_s": best_pool,
+        "line": line,
+    }
+    base = args.out or ("throughput_quick" if quick else "throughput")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{base}.json").write_text(json.dumps(res, indent=2, default=str))
+    (RESULTS / f"{base}.md").write_text(render_md(res))
+    print(f"wrote {RESULTS / base}.md and .json", flush=True)
+    print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
