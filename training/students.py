@@ -61,7 +61,10 @@ class DistillStudent(nn.Module):
         super().__init__()
         self.model = load_classifier(backbone_dir, label_names, num_layers)
         if freeze_embeddings:
-            emb = getattr(self.model.base_model, "embeddings", None) or self.model.get_input_embeddings()
+            emb = (
+                getattr(self.model.base_model, "embeddings", None)
+                or self.model.get_input_embeddings()
+            )
             emb.requires_grad_(False)
         n_layers = int(self.model.config.num_hidden_layers)
         width = int(self.model.config.hidden_size)
