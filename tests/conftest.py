@@ -37,7 +37,12 @@ def start_local_ray():
     import ray
 
     if not ray.is_initialized():
-        env = ("RAYDISTILL_CACHE", "RAYDISTILL_DATA_DIR", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE")
+        env = (
+            "RAYDISTILL_CACHE",
+            "RAYDISTILL_DATA_DIR",
+            "TOKENIZERS_PARALLELISM",
+            "HF_HUB_OFFLINE",
+        )
         ray.init(
             num_cpus=4,
             object_store_memory=1_000_000_000,

@@ -17,9 +17,9 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, ray_session, data_dir):
-    from raydistill.cluster.run import run
-
     import socket
+
+    from raydistill.cluster.run import run
 
     with socket.socket() as sock:  # Serve's HTTP port: 8000 may be taken on a shared machine
         sock.bind(("127.0.0.1", 0))
@@ -33,6 +33,7 @@ def smoke_run(tmp_path_factory, ray_session, data_dir):
             f"cache_dir={cache}",
             "data.teacher_train_rows=1500",
             "generation.rounds=2",
+            f"pool.http_port={port}",
         ],
     )
     report = run(cfg)
