@@ -28,6 +28,7 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -210,19 +211,29 @@ def training_rows(n: int, teacher_dir: str, max_length: int, with_hidden: bool):
     return spec, out
 
 
-def plain_torch_training(
-    backbone: str,
-    label_names: list[str],
-    rows,
-    dev_rows,
-    *,
-    epochs: int,
-    batch_size: int,
-    max_length: int,
-    teacher_dir: str | None = None,
-    threads: int,
-) -> dict[str, Any]:
-    """The same student, loss and batches as `training.loop.run_job`, in one process.
+@dataclass
+class Workload:
+    """One training shape, run identically by the plain loop and the Ray Train path."""
+
+    name: str
+    backbone: str
+    label_names: list[str]
+    rows: list[dict[str, Any]]
+    dev_rows: list[dict[str, Any]]
+    num_layers: int | None  # None: all layers (the teacher's shape)
+    freeze_embeddings: bool
+    epochs: int
+    batch_size: int
+    max_length: int = 64
+    lr: float = 3e-4
+
+    @property
+    def samples(self) -> int:
+        return self.epochs * (len(self.rows) // self.batch_size) * self.batch_size
+
+
+def plain_torch_training(w: Workload, *, threads: int, teacher_dir: str | None = None):
+    """The same model, loss and batches as `training.loop.run_job`, in one process.
 
     With `teacher_dir` the teacher's logits are recomputed inside every step (what a
     training loop without the cached annotation pass does) instead of read from the rows.
@@ -237,22 +248,24 @@ def plain_torch_training(
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    teacher = Classifier(teacher_dir, max_length=max_length) if teacher_dir else None
+    teacher = Classifier(teacher_dir, max_length=w.max_length) if teacher_dir else None
     t0 = time.perf_counter()
-    tok = AutoTokenizer.from_pretrained(backbone)
-    student = DistillStudent(backbone, label_names, num_layers=2, freeze_embeddings=True)
-    data = _Batcher(tok, rows, max_length)
-    texts = [r["text"] for r in rows]
+    tok = AutoTokenizer.from_pretrained(w.backbone)
+    student = DistillStudent(
+        w.backbone, w.label_names, num_layers=w.num_layers, freeze_embeddings=w.freeze_embeddings
+    )
+    data = _Batcher(tok, w.rows, w.max_length)
+    texts = [r["text"] for r in w.rows]
     params = [p for p in student.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=3e-4, weight_decay=0.01)
+    optim = torch.optim.AdamW(params, lr=w.lr, weight_decay=0.01)
     rng = np.random.default_rng(0)
-    steps_per_epoch = max(1, len(data) // batch_size)
+    steps_per_epoch = max(1, len(data) // w.batch_size)
     teacher_forwards = 0
     student.train()
-    for _ in range(epochs):
+    for _ in range(w.epochs):
         perm = torch.from_numpy(rng.permutation(len(data)))
         for i in range(steps_per_epoch):
-            idx = perm[i * batch_size : (i + 1) * batch_size]
+            idx = perm[i * w.batch_size : (i + 1) * w.batch_size]
             if teacher is not None:
                 t_logits = torch.from_numpy(teacher.logits([texts[j] for j in idx.tolist()]))
                 teacher_forwards += len(idx)
@@ -265,50 +278,38 @@ def plain_torch_training(
             optim.zero_grad()
             loss.backward()
             optim.step()
-    m = evaluate(student.model, tok, dev_rows, None, max_length)
+    m = evaluate(student.model, tok, w.dev_rows, None, w.max_length)
     dt = time.perf_counter() - t0
-    samples = epochs * steps_per_epoch * batch_size
     return {
+        "workload": w.name,
         "seconds": round(dt, 2),
-        "samples": samples,
-        "samples_per_s": samples / dt,
+        "samples": w.samples,
+        "samples_per_s": w.samples / dt,
         "dev_accuracy": m["accuracy"],
-        "teacher_forwards_per_example": teacher_forwards / len(rows) if teacher else 0.0,
+        "teacher_forwards_per_example": teacher_forwards / len(w.rows) if teacher else 0.0,
     }
 
 
-def ray_training(
-    backbone: str,
-    label_names: list[str],
-    rows,
-    dev_rows,
-    *,
-    epochs: int,
-    batch_size: int,
-    max_length: int,
-    workers: int,
-    storage: str,
-    threads_per_worker: int,
-) -> dict[str, Any]:
+def ray_training(w: Workload, *, workers: int, storage: str, threads_per_worker: int):
     """The raydistill path: one TrainJob through `fit_jobs` (Ray Train + DeepSpeed)."""
     from raydistill.training.loop import TrainJob, fit_jobs
 
     job = TrainJob(
-        name=f"bench-w{workers}",
-        backbone=backbone,
-        label_names=label_names,
-        train_rows=rows,
-        dev_rows=dev_rows,
-        test_rows=dev_rows,
-        num_layers=2,
-        freeze_embeddings=True,
+        name=f"bench-{w.name}-w{workers}",
+        backbone=w.backbone,
+        label_names=w.label_names,
+        train_rows=w.rows,
+        dev_rows=w.dev_rows,
+        test_rows=w.dev_rows,
+        num_layers=w.num_layers,
+        freeze_embeddings=w.freeze_embeddings,
         alpha=1.0,
         temperature=2.0,
-        lr=3e-4,
-        epochs=epochs,
+        lr=w.lr,
+        epochs=w.epochs,
         # Per-rank micro-batch: the global batch (and so the work per epoch) stays equal.
-        batch_size=max(1, batch_size // workers),
-        max_length=max_length,
+        batch_size=max(1, w.batch_size // workers),
+        max_length=w.max_length,
         eval_every=0,
         zero_stage=2,
     )
@@ -317,22 +318,21 @@ def ray_training(
         [job],
         num_workers=workers,
         storage_path=storage,
-        name=f"throughput-w{workers}-{int(time.time())}",
+        name=f"throughput-{w.name}-w{workers}-{int(time.time())}",
         threads_per_worker=threads_per_worker,
     )
     wall = time.perf_counter() - t0
-    steps_per_epoch = max(1, (len(rows) // workers) // max(1, batch_size // workers))
-    samples = epochs * steps_per_epoch * max(1, batch_size // workers) * workers
     # metrics["train_s"] is measured inside the worker over the same span as the plain
     # loop (tokenizer + model build, DeepSpeed engine, steps, final evaluation);
     # `wall` adds Ray Train's worker-group start and checkpoint upload.
     return {
+        "workload": w.name,
         "workers": workers,
         "seconds_in_worker": metrics["train_s"],
         "seconds_wall": round(wall, 2),
-        "samples": samples,
-        "samples_per_s": samples / metrics["train_s"],
-        "samples_per_s_wall": samples / wall,
+        "samples": w.samples,
+        "samples_per_s": w.samples / metrics["train_s"],
+        "samples_per_s_wall": w.samples / wall,
         "dev_accuracy": metrics["dev_accuracy"],
     }
 
@@ -418,28 +418,36 @@ def render_md(res: dict[str, Any]) -> str:
             for p in g["pool"]
         ),
         "",
-        "## Training (2-layer MiniLM student, KD loss, cached teacher logits)",
+        "## Training (MiniLM, KD loss, cached teacher logits)",
         "",
-        "| path | workers | samples | s (same span) | samples/s | overhead vs plain | wall s (incl. Ray start) |",
-        "|---|---|---|---|---|---|---|",
+        "`student`: 2 layers, frozen embeddings, batch 16 (the recipe's students); "
+        "`teacher`: all 6 layers and embeddings trained, batch 32 (the teacher's shape). "
+        "Seconds cover the same span on both paths (tokenizer + model build, steps, final "
+        "evaluation); the wall column adds Ray Train's worker start and checkpoint upload.",
+        "",
+        "| shape | path | workers | samples | s (same span) | samples/s | overhead vs plain | wall s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     t = res["training"]
-    p0 = t["plain"]
-    lines.append(
-        f"| plain PyTorch loop | 1 process | {p0['samples']} | {p0['seconds']} | "
-        f"{p0['samples_per_s']:.1f} | – | {p0['seconds']} |"
-    )
-    for r in t["ray"]:
-        ov = 100 * (p0["samples_per_s"] / r["samples_per_s"] - 1)
+    for shape in t["workloads"]:
+        p0 = shape["plain"]
         lines.append(
-            f"| Ray Train + DeepSpeed ZeRO-2 | {r['workers']} | {r['samples']} | "
-            f"{r['seconds_in_worker']} | {r['samples_per_s']:.1f} | {ov:+.0f}% | {r['seconds_wall']} |"
+            f"| {shape['workload']} | plain PyTorch loop | 1 process | {p0['samples']} | "
+            f"{p0['seconds']} | {p0['samples_per_s']:.1f} | – | {p0['seconds']} |"
         )
+        for r in shape["ray"]:
+            ov = 100 * (p0["samples_per_s"] / r["samples_per_s"] - 1)
+            lines.append(
+                f"| {shape['workload']} | Ray Train + DeepSpeed ZeRO-2 | {r['workers']} | "
+                f"{r['samples']} | {r['seconds_in_worker']} | {r['samples_per_s']:.1f} | "
+                f"{ov:+.0f}% | {r['seconds_wall']} |"
+            )
     tf = t.get("teacher_per_step")
     if tf:
+        p0 = t["workloads"][0]["plain"]
         lines += [
             "",
-            "## Teacher forward passes per training example",
+            "## Teacher forward passes per training example (student shape)",
             "",
             "| soft labels | teacher forwards / example | samples/s |",
             "|---|---|---|",
@@ -448,8 +456,8 @@ def render_md(res: dict[str, Any]) -> str:
             f"{tf['samples_per_s']:.1f} |",
             "",
             f"At the recipe's {t['recipe_epochs']} epochs a per-step teacher would run "
-            f"{t['recipe_epochs']} forwards per example; measured slowdown here: "
-            f"{p0['samples_per_s'] / tf['samples_per_s']:.1f}× per step.",
+            f"{t['recipe_epochs']} forwards per example instead of 1; measured slowdown of a "
+            f"step here: {p0['samples_per_s'] / tf['samples_per_s']:.1f}×.",
         ]
     mem = res.get("peak_memory_mb") or {}
     if mem:
@@ -545,54 +553,42 @@ def main(argv: list[str] | None = None) -> int:
             "head stands in (speed is the same, accuracies are meaningless)"
         )
     n_rows = 64 if quick else 256
-    epochs = 2 if quick else 4
-    bs = 16
     spec, rows = training_rows(n_rows, teacher, 64, with_hidden=False)
-    dev = rows[:16]
-    kw = dict(epochs=epochs, batch_size=bs, max_length=64)
     labels = list(spec.label_names)
+    dev = rows[:16]
+    workloads = [
+        # The few-shot student: 2 MiniLM layers, frozen embeddings (the recipe's shape).
+        Workload("student", backbone, labels, rows, dev, 2, True, 2 if quick else 4, 16),
+    ]
+    if not quick:
+        # The teacher's shape: all 6 layers and the embeddings trained, batch 32.
+        workloads.append(
+            Workload("teacher", backbone, labels, rows, dev, None, False, 1, 32, lr=5e-5)
+        )
+    storage = str(Path(cache_root()) / "bench-train")
+    shapes = []
+    per_step = None
     with sw.stage("training"):
-        plain = plain_torch_training(backbone, labels, rows, dev, threads=cores, **kw)
-        print(f"  plain torch: {plain['samples_per_s']:.1f} samples/s", flush=True)
-        storage = str(Path(cache_root()) / "bench-train")
-        ray_runs = [
-            ray_training(
-                backbone,
-                labels,
-                rows,
-                dev,
-                workers=1,
-                storage=storage,
-                threads_per_worker=cores,
-                **kw,
-            )
-        ]
-        print(f"  ray train 1 worker: {ray_runs[0]['samples_per_s']:.1f} samples/s", flush=True)
-        if not quick:
-            ray_runs.append(
-                ray_training(
-                    backbone,
-                    labels,
-                    rows,
-                    dev,
-                    workers=2,
-                    storage=storage,
-                    threads_per_worker=max(1, cores // 2),
-                    **kw,
+        for w in workloads:
+            plain = plain_torch_training(w, threads=cores)
+            print(f"  {w.name} plain torch: {plain['samples_per_s']:.1f} samples/s", flush=True)
+            ray_runs = []
+            for workers in [1] if quick else [1, 2]:
+                r = ray_training(
+                    w, workers=workers, storage=storage, threads_per_worker=max(1, cores // workers)
                 )
-            )
-        per_step = None
+                ray_runs.append(r)
+                print(
+                    f"  {w.name} ray train {workers} worker(s): {r['samples_per_s']:.1f} samples/s",
+                    flush=True,
+                )
+            shapes.append({"workload": w.name, "plain": plain, "ray": ray_runs})
         if not quick:
-            per_step = plain_torch_training(
-                backbone, labels, rows, dev, threads=cores, teacher_dir=teacher, **kw
-            )
+            per_step = plain_torch_training(workloads[0], threads=cores, teacher_dir=teacher)
     res["training"] = {
-        "plain": plain,
-        "ray": ray_runs,
+        "workloads": shapes,
         "teacher_per_step": per_step,
         "rows": n_rows,
-        "epochs": epochs,
-        "batch_size": bs,
         "recipe_epochs": 60,
     }
     res["peak_memory_mb"] = sw.peak_mb
@@ -608,7 +604,8 @@ def main(argv: list[str] | None = None) -> int:
             "peak_memory_mb": rep.get("peak_memory_mb", {}),
         }
 
-    overhead = 100 * (plain["samples_per_s"] / ray_runs[0]["samples_per_s"] - 1)
+    student = shapes[0]
+    overhead = 100 * (student["plain"]["samples_per_s"] / student["ray"][0]["samples_per_s"] - 1)
     ratio = best_pool / seq["tokens_per_s"]
     roof_pct = 100 * best_pool / roof["tokens_per_s"]
     line = (
