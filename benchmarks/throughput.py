@@ -241,7 +241,8 @@ def plain_torch_training(w: Workload, *, threads: int, teacher_dir: str | None =
     import numpy as np
     import torch
     from raydistill.training.classifier import Classifier
-    from raydistill.training.loop import _Batcher, evaluate
+    from raydistill.training.evaluation import evaluate
+    from raydistill.training.loop import _Batcher
     from raydistill.training.losses import distill_loss
     from raydistill.training.students import DistillStudent
     from transformers import AutoTokenizer

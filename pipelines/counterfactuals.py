@@ -79,8 +79,19 @@ def choose_counterfactual(
 class FlipVerifier:
     """Ray Data callable class: clean every candidate, score all with the teacher at once."""
 
-    def __init__(self, teacher_dir: str, max_length: int = 64):
+    def __init__(
+        self,
+        teacher_dir: str,
+        max_length: int = 64,
+        *,
+        noun: str | None = None,
+        label_names: tuple[str, ...] = (),
+        max_edit_fraction: float | None = None,
+    ):
         self.clf = Classifier(teacher_dir, max_length=max_length)
+        self.clean_kwargs = dict(
+            noun=noun, label_names=tuple(label_names), max_edit_fraction=max_edit_fraction
+        )
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         n = len(batch["id"])
@@ -90,7 +101,7 @@ class FlipVerifier:
         for i in range(n):
             kept, why = [], Counter()
             for raw in list(batch["candidates"][i]):
-                text, reason = clean_candidate(raw, str(batch["text"][i]))
+                text, reason = clean_candidate(raw, str(batch["text"][i]), **self.clean_kwargs)
                 if text is None:
                     why[reason] += 1
                 elif text not in kept:
@@ -249,7 +260,13 @@ def generate_counterfactuals(
         )
         ds = ds.map_batches(
             FlipVerifier,
-            fn_constructor_kwargs=dict(teacher_dir=teacher_dir, max_length=teacher_max_length),
+            fn_constructor_kwargs=dict(
+                teacher_dir=teacher_dir,
+                max_length=teacher_max_length,
+                noun=spec.noun,
+                label_names=tuple(spec.label_names),
+                max_edit_fraction=gen.max_edit_fraction,
+            ),
             batch_size=64,
             batch_format="numpy",
             concurrency=1,

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 
-from raydistill.pipelines.edits import words
+from raydistill.pipelines.edits import word_edit_distance, words
 
 REJECT_EMPTY = "empty"
 REJECT_REFUSAL = "refusal"
 REJECT_ECHO = "echo"
 REJECT_TOO_LONG = "too_long"
+REJECT_NOT_MINIMAL = "not_minimal"
 
 _PREFIX = re.compile(
     r"""^\s*(?:
@@ -51,10 +52,35 @@ def _strip_quotes(s: str) -> str:
     return s
 
 
+def _echo_prefix(noun: str | None, label_names: tuple[str, ...]) -> re.Pattern | None:
+    """The prompt's own framing echoed back: "Rewritten movie review sentence (positive):"."""
+    if not noun and not label_names:
+        return None
+    labels = "|".join(re.escape(x) for x in label_names) or r"[^)]{1,20}"
+    head = rf"(?:(?:rewritten|new|original)\s+)?{re.escape(noun)}" if noun else r"(?!)"
+    return re.compile(
+        rf"^\s*(?:{head}\s*(?:\(\s*(?:{labels})\s*\))?|\(\s*(?:{labels})\s*\))\s*[:\-–]\s*",
+        re.IGNORECASE,
+    )
+
+
 def clean_candidate(
-    raw: str | None, original: str, max_ratio: float = 3.0
+    raw: str | None,
+    original: str,
+    max_ratio: float = 3.0,
+    *,
+    noun: str | None = None,
+    label_names: tuple[str, ...] | list[str] = (),
+    max_edit_fraction: float | None = None,
 ) -> tuple[str | None, str]:
-    """Return (text, "") for a usable candidate, or (None, reason) for a rejected one."""
+    """Return (text, "") for a usable candidate, or (None, reason) for a rejected one.
+
+    `noun` and `label_names` (the task's) let it strip the prompt's framing when a small
+    model echoes it ("Movie review sentence (negative): ..."); a reply that is only that
+    framing is empty. With `max_edit_fraction`, a candidate that changes more than that
+    share of the original's words (3 words are always allowed) is a rewrite, not a
+    minimal edit, and is rejected as "not_minimal".
+    """
     if not isinstance(raw, str):
         return None, REJECT_EMPTY
     s = raw.replace("\r", "").strip()
@@ -68,6 +94,13 @@ def clean_candidate(
         if new == s:
             break
         s = new.strip()
+    echo = _echo_prefix(noun, tuple(label_names))
+    if echo is not None:
+        for _ in range(2):
+            new = echo.sub("", s, count=1)
+            if new == s:
+                break
+            s = new.strip()
     m = _TRAILER.search(s)
     if m:
         s = s[: m.start()].strip()
@@ -82,4 +115,8 @@ def clean_candidate(
         return None, REJECT_ECHO
     if len(s) > max_ratio * max(len(original), 40):
         return None, REJECT_TOO_LONG
+    if max_edit_fraction is not None:
+        allowed = max(3, int(max_edit_fraction * len(words(original))))
+        if word_edit_distance(original, s) > allowed:
+            return None, REJECT_NOT_MINIMAL
     return s, ""

@@ -101,6 +101,10 @@ class GenerationConfig:
     seed: int = 0
     # Cap on input length shown to the LLM (characters); long reviews are truncated.
     max_input_chars: int = 600
+    # A counterfactual is a minimal edit: candidates changing more than this fraction of
+    # the original's words (at least 3 words are always allowed) are rejected as
+    # rewrites ("not_minimal"). null keeps every rewrite.
+    max_edit_fraction: float | None = 0.5
 
 
 @dataclass

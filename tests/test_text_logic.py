@@ -100,3 +100,37 @@ def test_prompt_mentions_labels_and_feedback():
     assert ORIG in user and "negative" in user and "a fine movie" in user
     long = counterfactual_messages(spec, "word " * 1000, "positive", "negative", max_chars=100)
     assert len(long[1]["content"]) < 1200
+
+
+ECHO_KW = dict(
+    noun="movie review sentence", label_names=("negative", "positive"), max_edit_fraction=0.5
+)
+ORIG_CF = "may be amazed at the variety of tones in the work ."
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("Movie review sentence (negative):", (None, "empty")),
+        ("Movie review sentence (negative): ", (None, "empty")),
+        (
+            "Rewritten movie review sentence (positive): may be bored at the variety of tones "
+            "in the work .",
+            ("may be bored at the variety of tones in the work .", ""),
+        ),
+        (
+            "(negative): may be bored at the variety of tones in the work .",
+            ("may be bored at the variety of tones in the work .", ""),
+        ),
+        ("In a gratifying way", (None, "not_minimal")),
+        ("a dull , lifeless mess from start to finish", (None, "not_minimal")),
+    ],
+)
+def test_clean_candidate_strips_prompt_echo_and_rejects_rewrites(raw, expected):
+    assert clean_candidate(raw, ORIG_CF, **ECHO_KW) == expected
+
+
+def test_minimality_allows_three_words_on_short_originals():
+    assert clean_candidate("a truly dreadful film", "a great film", **ECHO_KW)[1] == ""
+    # Without the option every rewrite passes (the caller decides).
+    assert clean_candidate("In a gratifying way", ORIG_CF)[1] == ""

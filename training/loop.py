@@ -10,7 +10,6 @@ epoch on the dev split, evaluates on the test split and reports one HF checkpoin
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from raydistill.cluster.metrics import TRAIN_LOSS, set_gauge
+from raydistill.training.evaluation import Evaluator, evaluate  # noqa: F401  (re-exported)
 from raydistill.training.losses import distill_loss
 from raydistill.training.students import DistillStudent
 
@@ -121,62 +121,6 @@ class _Batcher:
         return ids, mask
 
 
-@torch.no_grad()
-def _predict(model, tokenizer, texts: list[str], max_length: int, bs: int = 128) -> np.ndarray:
-    preds = []
-    for i in range(0, len(texts), bs):
-        enc = tokenizer(
-            texts[i : i + bs],
-            truncation=True,
-            max_length=max_length,
-            padding=True,
-            return_tensors="pt",
-        )
-        dev = next(model.parameters()).device
-        logits = model(
-            input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev)
-        )[0]
-        preds.append(logits.argmax(-1).cpu().numpy())
-    return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
-
-
-def _sharded_predict(model, tokenizer, texts, max_length, rank, world) -> np.ndarray:
-    """Each rank predicts a slice; slices are gathered so every rank sees all predictions."""
-    import torch.distributed as dist
-
-    n = len(texts)
-    per = math.ceil(n / world) if n else 0
-    lo, hi = min(rank * per, n), min((rank + 1) * per, n)
-    mine = _predict(model, tokenizer, texts[lo:hi], max_length)
-    if world == 1:
-        return mine
-    buf = torch.full((per,), -1, dtype=torch.long, device=next(model.parameters()).device)
-    buf[: len(mine)] = torch.from_numpy(mine.astype(np.int64)).to(buf.device)
-    out = [torch.empty_like(buf) for _ in range(world)]
-    dist.all_gather(out, buf)
-    return torch.cat(out)[:n].cpu().numpy()
-
-
-def evaluate(model, tokenizer, rows, pairs, max_length, rank=0, world=1) -> dict[str, float]:
-    """Accuracy, teacher fidelity (agreement) and boundary fidelity on CF pairs."""
-    model.eval()
-    texts = [r["text"] for r in rows]
-    preds = _sharded_predict(model, tokenizer, texts, max_length, rank, world)
-    labels = np.array([int(r["label"]) for r in rows])
-    out = {"accuracy": float((preds == labels).mean()) if len(rows) else float("nan")}
-    if rows and "teacher_pred" in rows[0]:
-        tp = np.array([int(r["teacher_pred"]) for r in rows])
-        out["fidelity"] = float((preds == tp).mean())
-    if pairs:
-        both = [p[1] for p in pairs] + [p[3] for p in pairs]
-        pp = _sharded_predict(model, tokenizer, both, max_length, rank, world)
-        m = len(pairs)
-        agree = [(pp[i] == pairs[i][0]) and (pp[m + i] == pairs[i][2]) for i in range(m)]
-        out["boundary_fidelity"] = float(np.mean(agree))
-    model.train()
-    return out
-
-
 def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
     """Train, select on dev, evaluate on test; `report(metrics, ckpt_dir)` once per job."""
     from raydistill.training.deepspeed_ops import use_prefix_extensions_dir
@@ -221,6 +165,7 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
     layer_idx = torch.tensor(student.layer_map) if (lwd and student.layer_map) else None
     total_steps = max(1, int(round(job.epochs * steps_per_epoch)))
     eval_steps = job.eval_every * steps_per_epoch if job.eval_every else total_steps
+    dev_eval = Evaluator(tokenizer, dev_rows, None, job.max_length, rank, world)
     best: tuple[float, int, dict[str, torch.Tensor] | None] = (-1.0, 0, None)
     history: list[dict[str, float]] = []
     last_parts: dict[str, float] = {}
@@ -262,7 +207,7 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
                 flush=True,
             )
         if step % eval_steps == 0 or step == total_steps:
-            m = evaluate(student.model, tokenizer, dev_rows, None, job.max_length, rank, world)
+            m = dev_eval(student.model)
             history.append({"step": step, "dev_accuracy": m["accuracy"], **last_parts})
             if m["accuracy"] > best[0]:
                 best = (
@@ -272,7 +217,7 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
                 )
     if best[2] is not None:
         student.model.load_state_dict(best[2])
-    metrics = evaluate(student.model, tokenizer, test_rows, pairs, job.max_length, rank, world)
+    metrics = Evaluator(tokenizer, test_rows, pairs, job.max_length, rank, world)(student.model)
     metrics.update(
         {
             "job": job.name,
