@@ -125,7 +125,10 @@ def test_evaluator_restores_input_order_and_counts_pairs():
     texts = ["a very long review that goes on and on about the film", "ok", "fine acting", "meh"]
     with torch.no_grad():
         one_by_one = [int(model(**tok([t], return_tensors="pt")).logits.argmax(-1)) for t in texts]
-    rows = [{"text": t, "label": p, "teacher_pred": 1 - p} for t, p in zip(texts, one_by_one, strict=True)]
+    rows = [
+        {"text": t, "label": p, "teacher_pred": 1 - p}
+        for t, p in zip(texts, one_by_one, strict=True)
+    ]
     pairs = [(one_by_one[0], texts[0], one_by_one[1], texts[1])]
     m = Evaluator(tok, rows, pairs, max_length=32, bs=2)(model)
     assert m == {"accuracy": 1.0, "fidelity": 0.0, "boundary_fidelity": 1.0}
