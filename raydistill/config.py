@@ -87,6 +87,8 @@ class PoolConfig:
     startup_timeout_s: float = 600.0
     # Extra vLLM engine arguments, merged over the derived ones (e.g. enforce_eager: false).
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Extra environment for the vLLM replica and engine (merged over the CPU defaults).
+    env_vars: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

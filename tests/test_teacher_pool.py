@@ -121,6 +121,13 @@ def test_vllm_llm_config_on_cpu_and_gpu():
     assert cpu["placement_group_config"]["bundles"] == [{"CPU": 2.0}]
     auto = cpu["deployment_config"]["autoscaling_config"]
     assert (auto["min_replicas"], auto["max_replicas"]) == (1, 3)
+    # vLLM would keep a core out of its thread binding; the replica may use all it sees.
+    assert cpu["runtime_env"] == {"env_vars": {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}}
+    own = VLLMPool(PoolConfig(env_vars={"VLLM_CPU_NUM_OF_RESERVED_CPU": 1, "X": "y"}))
+    assert own.llm_config_kwargs("/m")["runtime_env"]["env_vars"] == {
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "1",
+        "X": "y",
+    }
     gpu = VLLMPool(
         PoolConfig(num_gpus=1, gpu_memory_utilization=0.9),
         engine_kwargs={"max_num_seqs": 8},
@@ -128,6 +135,7 @@ def test_vllm_llm_config_on_cpu_and_gpu():
     assert gpu["placement_group_config"]["bundles"] == [{"CPU": 1.0, "GPU": 1.0}]
     assert "enforce_eager" not in gpu["engine_kwargs"]
     assert "enable_chunked_prefill" not in gpu["engine_kwargs"]
+    assert "runtime_env" not in gpu
     compiled = VLLMPool(PoolConfig(), engine_kwargs={"enforce_eager": False})
     assert compiled.llm_config_kwargs("/m")["engine_kwargs"]["enforce_eager"] is False
     assert gpu["engine_kwargs"]["max_num_seqs"] == 8
