@@ -281,6 +281,7 @@ def plain_torch_training(w: Workload, *, threads: int, teacher_dir: str | None =
             )
             optim.zero_grad()
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)  # the Ray path clips too (equal work)
             optim.step()
     m = evaluate(student.model, tok, w.dev_rows, None, w.max_length)
     dt = time.perf_counter() - t0
@@ -294,7 +295,9 @@ def plain_torch_training(w: Workload, *, threads: int, teacher_dir: str | None =
     }
 
 
-def ray_training(w: Workload, *, workers: int, storage: str, threads_per_worker: int):
+def ray_training(
+    w: Workload, *, workers: int, storage: str, threads_per_worker: int, zero_stage: int = 2
+):
     """The raydistill path: one TrainJob through `fit_jobs` (Ray Train + DeepSpeed)."""
     from raydistill.training.loop import TrainJob, fit_jobs
 
@@ -315,14 +318,14 @@ def ray_training(w: Workload, *, workers: int, storage: str, threads_per_worker:
         batch_size=max(1, w.batch_size // workers),
         max_length=w.max_length,
         eval_every=0,
-        zero_stage=2,
+        zero_stage=zero_stage,
     )
     t0 = time.perf_counter()
     [(metrics, _ckpt)] = fit_jobs(
         [job],
         num_workers=workers,
         storage_path=storage,
-        name=f"throughput-{w.name}-w{workers}-{int(time.time())}",
+        name=f"throughput-{w.name}-w{workers}-z{zero_stage}-{int(time.time())}",
         threads_per_worker=threads_per_worker,
     )
     wall = time.perf_counter() - t0
@@ -332,6 +335,7 @@ def ray_training(w: Workload, *, workers: int, storage: str, threads_per_worker:
     return {
         "workload": w.name,
         "workers": workers,
+        "zero_stage": zero_stage,
         "seconds_in_worker": metrics["train_s"],
         "seconds_wall": round(wall, 2),
         "samples": w.samples,
@@ -442,7 +446,7 @@ def render_md(res: dict[str, Any]) -> str:
         for r in shape["ray"]:
             ov = 100 * (p0["samples_per_s"] / r["samples_per_s"] - 1)
             lines.append(
-                f"| {shape['workload']} | Ray Train + DeepSpeed ZeRO-2 | {r['workers']} | "
+                f"| {shape['workload']} | Ray Train + DeepSpeed ZeRO-{r['zero_stage']} | {r['workers']} | "
                 f"{r['samples']} | {r['seconds_in_worker']} | {r['samples_per_s']:.1f} | "
                 f"{ov:+.0f}% | {r['seconds_wall']} |"
             )
@@ -589,13 +593,19 @@ def main(argv: list[str] | None = None) -> int:
             plain = plain_torch_training(w, threads=cores)
             print(f"  {w.name} plain torch: {plain['samples_per_s']:.1f} samples/s", flush=True)
             ray_runs = []
-            for workers in [1] if quick else [1, 2]:
+            # ZeRO-2 (the recipes' default) at 1 and 2 workers; ZeRO-0 isolates ZeRO's cost.
+            for workers, stage in [(1, 2)] if quick else [(1, 2), (1, 0), (2, 2)]:
                 r = ray_training(
-                    w, workers=workers, storage=storage, threads_per_worker=max(1, cores // workers)
+                    w,
+                    workers=workers,
+                    storage=storage,
+                    threads_per_worker=max(1, cores // workers),
+                    zero_stage=stage,
                 )
                 ray_runs.append(r)
                 print(
-                    f"  {w.name} ray train {workers} worker(s): {r['samples_per_s']:.1f} samples/s",
+                    f"  {w.name} ray train {workers} worker(s) ZeRO-{stage}: "
+                    f"{r['samples_per_s']:.1f} samples/s",
                     flush=True,
                 )
             shapes.append({"workload": w.name, "plain": plain, "ray": ray_runs})
