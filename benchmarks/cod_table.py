@@ -44,7 +44,7 @@ DATASETS = {
             "data.teacher_train_rows=null",
             "data.dev_rows=245",
             "teacher.max_length=256",
-            "teacher.epochs=3",
+            "teacher.epochs=1",
             "student.max_length=256",
             "generation.max_input_chars=700",
             "generation.max_new_tokens=160",
@@ -58,7 +58,7 @@ DATASETS = {
             "data.teacher_train_rows=null",
             "data.dev_rows=245",
             "teacher.max_length=256",
-            "teacher.epochs=3",
+            "teacher.epochs=1",
             "student.max_length=256",
         ],
         "imdb",
@@ -130,7 +130,27 @@ def render(tables: dict, command: str, wall: dict[str, float]) -> str:
                 + ", ".join(f"{g['method']}@k={g['k']}: {100 * g['gain']:+.1f}" for g in gains),
             ]
         lines += ["", f"![{name}](cod_{name}.png)", ""]
-    return "\n".join(lines)
+    lines += [
+        "## Counterfactual quality per generator",
+        "",
+        "For human CAD edits, 'flip rate' is how often the teacher agrees with the human "
+        "counterfactual's label (the edit is kept either way: the human label is ground truth).",
+        "",
+        "| data set | source | seeds | flip rate | mean edit words | no valid counterfactual | "
+        "rejected candidates |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, rep in tables.items():
+        c = rep.get("counterfactuals", {})
+        seeds = c.get("seeds") or 0
+        none = c.get("no_counterfactual")
+        share = f"{none} ({100 * none / seeds:.0f}%)" if seeds and none is not None else "?"
+        rej = (c.get("this_run") or {}).get("rejects") or c.get("rejects") or {}
+        lines.append(
+            f"| {name} | {c.get('source')} | {seeds} | {c.get('flip_rate')} | "
+            f"{c.get('mean_edit_words')} | {share} | {rej or '–'} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def plot(name: str, rep: dict, path: Path) -> None:

@@ -187,6 +187,56 @@ def pool_generation(
     return {"startup_s": round(startup, 1), "runs": runs}
 
 
+def engine_generation(model: str, n_prompts: int, max_new_tokens: int, batch_sizes: list[int]):
+    """The vLLM engine in-process (`vllm.LLM.chat`, no Serve, no HTTP), same settings as
+    the pool's CPU defaults: how much of the pool's time goes to serving rather than to
+    the engine. Runs in a child process so the engine's memory is returned afterwards."""
+    import subprocess
+
+    cmd = [
+        sys.executable, "-m", "benchmarks.throughput", "--engine-only", "--model", model,
+        "--engine-args", json.dumps({"n": n_prompts, "max_new": max_new_tokens, "bs": batch_sizes}),
+    ]  # fmt: skip
+    env = dict(os.environ, VLLM_CPU_NUM_OF_RESERVED_CPU="0")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    for line in reversed(out.stdout.splitlines()):
+        if line.startswith("ENGINE_RESULT "):
+            return json.loads(line[len("ENGINE_RESULT ") :])
+    raise RuntimeError(f"in-process engine run failed: {out.stderr[-2000:]}")
+
+
+def _engine_only(model: str, args: dict[str, Any]) -> None:
+    from raydistill.serving.teacher_pool import CPU_ENGINE_DEFAULTS
+    from vllm import LLM, SamplingParams
+
+    from raydistill.registry import resolve_model
+
+    prompts = cod_prompts(args["n"])
+    t0 = time.perf_counter()
+    llm = LLM(
+        model=resolve_model(model),
+        dtype="bfloat16",
+        max_model_len=1024,
+        gpu_memory_utilization=0.1,
+        **CPU_ENGINE_DEFAULTS,
+    )
+    startup = time.perf_counter() - t0
+    sp = SamplingParams(n=1, temperature=0.9, top_p=0.95, max_tokens=args["max_new"])
+    llm.chat(prompts[:2], sp)  # warm-up
+    runs = []
+    for bs in args["bs"]:
+        t1, tokens = time.perf_counter(), 0
+        for i in range(0, len(prompts), bs):
+            outs = llm.chat(prompts[i : i + bs], sp, use_tqdm=False)
+            tokens += sum(len(o.outputs[0].token_ids) for o in outs)
+        dt = time.perf_counter() - t1
+        runs.append(
+            {"batch_size": bs, "prompts": len(prompts), "generated_tokens": tokens, "seconds": round(dt, 2),
+             "tokens_per_s": tokens / dt}
+        )  # fmt: skip
+    print("ENGINE_RESULT " + json.dumps({"startup_s": round(startup, 1), "runs": runs}), flush=True)
+
+
 # ------------------------------------------------------------------ training
 
 
@@ -418,6 +468,15 @@ def render_md(res: dict[str, Any]) -> str:
                 f"{r['tokens_per_s']:.1f} | {r['tokens_per_s'] / s['tokens_per_s']:.1f} | "
                 f"{100 * r['tokens_per_s'] / roof['tokens_per_s']:.1f} |"
             )
+    eng = g.get("engine_in_process")
+    if eng:
+        for r in eng["runs"]:
+            lines.append(
+                f"| vLLM engine in-process (`LLM.chat`, no Serve/HTTP) | – | {r['batch_size']} | "
+                f"{r['prompts']} | {r['generated_tokens']} | {r['seconds']} | "
+                f"{r['tokens_per_s']:.1f} | {r['tokens_per_s'] / s['tokens_per_s']:.1f} | "
+                f"{100 * r['tokens_per_s'] / roof['tokens_per_s']:.1f} |"
+            )
     lines += [
         "",
         "Pool start-up (not in tok/s): "
@@ -505,7 +564,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--e2e-report", default="runs/sst2-cod/report.json")
     ap.add_argument("--out", default=None, help="results basename (default: throughput[_quick])")
     ap.add_argument("--port", type=int, default=8011)
+    ap.add_argument("--engine-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--engine-args", default="{}", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.engine_only:
+        _engine_only(args.model, json.loads(args.engine_args))
+        return 0
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -556,7 +620,14 @@ def main(argv: list[str] | None = None) -> int:
     with sw.stage("pool_generation"):
         for r in replica_counts:
             pools.append(pool_generation(args.model, prompts, max_new, batch_sizes, r, args.port))
+    engine = None
+    if not quick:
+        with sw.stage("engine_generation"):
+            engine = engine_generation(args.model, n_prompts, max_new, batch_sizes)
+        for r in engine["runs"]:
+            print(f"  engine in-process batch={r['batch_size']}: {r['tokens_per_s']:.0f} tok/s")
     res["generation"] = {
+        "engine_in_process": engine,
         "sequential": seq,
         "sequential_all": seq_runs,
         "pool": pools,
