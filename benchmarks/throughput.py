@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.throughput_report import render_md
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -416,143 +418,6 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
     }
-
-
-def render_md(res: dict[str, Any]) -> str:
-    h = res["headline"]
-    lines = [
-        "# Throughput: teacher pool and training vs their baselines",
-        "",
-        f"Command: `{res['command']}`  ",
-        f"Machine: {res['machine']['cpus']} CPUs, {res['machine']['memory_gb']} GB, "
-        f"{res['machine']['platform']}, torch {res['machine']['torch']}; load average at "
-        f"start {res['machine']['load_avg_at_start']}. Date: {res['date']}.",
-        "",
-        "## Headline",
-        "",
-        f"`{h['line']}`",
-        "",
-        "| target | measured | met |",
-        "|---|---|---|",
-        f"| teacher pool ≥ 10× one-request loop | {h['pool_vs_sequential']:.1f}× | "
-        f"{'yes' if h['pool_vs_sequential'] >= 10 else 'no'} |",
-        f"| pool ≥ 40% of CPU roofline | {h['roofline_pct']:.0f}% | "
-        f"{'yes' if h['roofline_pct'] >= 40 else 'no'} |",
-        f"| Ray Train + DeepSpeed overhead ≤ 15% (1 worker, in-worker span) | "
-        f"{h['train_overhead_pct']:.0f}% | {'yes' if h['train_overhead_pct'] <= 15 else 'no'} |",
-        "",
-        "## Generation (SmolLM2-135M-Instruct, counterfactual prompts on SST-2)",
-        "",
-    ]
-    g = res["generation"]
-    roof = res["roofline"]
-    lines += [
-        f"Peak matmul: fp32 {roof['fp32'] / 1e9:.0f} GFLOP/s, bf16 {roof['bf16'] / 1e9:.0f} "
-        f"GFLOP/s → roofline {roof['tokens_per_s']:.0f} tok/s for {g['sequential']['params'] / 1e6:.0f}M "
-        "params (2·params FLOPs per token).",
-        "",
-        "| generator | replicas | batch | prompts | tokens | s | tok/s | × loop | % roofline |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    s = g["sequential"]
-    lines.append(
-        f"| transformers loop ({s['dtype']}), one request at a time | – | 1 | {s['prompts']} | "
-        f"{s['generated_tokens']} | {s['seconds']} | {s['tokens_per_s']:.1f} | 1.0 | "
-        f"{100 * s['tokens_per_s'] / roof['tokens_per_s']:.1f} |"
-    )
-    for p in g["pool"]:
-        for r in p["runs"]:
-            lines.append(
-                f"| Serve LLM + vLLM pool via Ray Data | {r['replicas']} | {r['batch_size']} | "
-                f"{r['prompts']} | {r['generated_tokens']} | {r['seconds']} | "
-                f"{r['tokens_per_s']:.1f} | {r['tokens_per_s'] / s['tokens_per_s']:.1f} | "
-                f"{100 * r['tokens_per_s'] / roof['tokens_per_s']:.1f} |"
-            )
-    eng = g.get("engine_in_process")
-    if eng:
-        for r in eng["runs"]:
-            lines.append(
-                f"| vLLM engine in-process (`LLM.chat`, no Serve/HTTP) | – | {r['batch_size']} | "
-                f"{r['prompts']} | {r['generated_tokens']} | {r['seconds']} | "
-                f"{r['tokens_per_s']:.1f} | {r['tokens_per_s'] / s['tokens_per_s']:.1f} | "
-                f"{100 * r['tokens_per_s'] / roof['tokens_per_s']:.1f} |"
-            )
-    lines += [
-        "",
-        "Pool start-up (not in tok/s): "
-        + ", ".join(
-            f"{p['runs'][0]['replicas'] if p['runs'] else '?'} replica(s) {p['startup_s']} s"
-            for p in g["pool"]
-        ),
-        "",
-        "## Training (MiniLM, KD loss, cached teacher logits)",
-        "",
-        "`student`: 2 layers, frozen embeddings, batch 16 (the recipe's students); "
-        "`teacher`: all 6 layers and embeddings trained, batch 32 (the teacher's shape). "
-        "Seconds cover the same span on both paths (tokenizer + model build, steps, final "
-        "evaluation); the wall column adds Ray Train's worker start and checkpoint upload.",
-        "",
-        "| shape | path | workers | samples | s (same span) | samples/s | overhead vs plain | wall s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    t = res["training"]
-    for shape in t["workloads"]:
-        p0 = shape["plain"]
-        lines.append(
-            f"| {shape['workload']} | plain PyTorch loop | 1 process | {p0['samples']} | "
-            f"{p0['seconds']} | {p0['samples_per_s']:.1f} | – | {p0['seconds']} |"
-        )
-        for r in shape["ray"]:
-            ov = 100 * (p0["samples_per_s"] / r["samples_per_s"] - 1)
-            lines.append(
-                f"| {shape['workload']} | Ray Train + DeepSpeed ZeRO-{r['zero_stage']} | {r['workers']} | "
-                f"{r['samples']} | {r['seconds_in_worker']} | {r['samples_per_s']:.1f} | "
-                f"{ov:+.0f}% | {r['seconds_wall']} |"
-            )
-    tf = t.get("teacher_per_step")
-    if tf:
-        p0 = t["workloads"][0]["plain"]
-        lines += [
-            "",
-            "## Teacher forward passes per training example (student shape)",
-            "",
-            "| soft labels | teacher forwards / example | samples/s |",
-            "|---|---|---|",
-            f"| cached (one annotation pass, raydistill) | 1 | {p0['samples_per_s']:.1f} |",
-            f"| recomputed every step | {tf['teacher_forwards_per_example']:.0f} | "
-            f"{tf['samples_per_s']:.1f} |",
-            "",
-            f"At the recipe's {t['recipe_epochs']} epochs a per-step teacher would run "
-            f"{t['recipe_epochs']} forwards per example instead of 1; measured slowdown of a "
-            f"step here: {p0['samples_per_s'] / tf['samples_per_s']:.1f}×.",
-        ]
-    mem = res.get("peak_memory_mb") or {}
-    if mem:
-        lines += [
-            "",
-            "## Peak node memory during this benchmark's stages",
-            "",
-            "| stage | GiB |",
-            "|---|---|",
-        ]
-        lines += [f"| {k} | {v / 1024:.1f} |" for k, v in mem.items()]
-    e2e = res.get("e2e")
-    if e2e:
-        lines += [
-            "",
-            f"## End to end: `{e2e['command']}`",
-            "",
-            f"From `{e2e['report']}`.",
-            "",
-            "| stage | seconds | peak node memory (GiB) |",
-            "|---|---|---|",
-        ]
-        for k, v in e2e["timings"].items():
-            m = e2e.get("peak_memory_mb", {}).get(k)
-            lines.append(f"| {k} | {v} | {'' if m is None else f'{m / 1024:.1f}'} |")
-    if res.get("notes"):
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in res["notes"]]
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
