@@ -347,6 +347,22 @@ def read_results(out_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def student_signature(cfg: RunConfig, teacher_dir: str) -> str:
+    """What a finished student's result is valid for; a rerun skips jobs that match.
+
+    Execution knobs that do not change what a student learns stay out, so a grid rerun
+    with another ZeRO stage or worker placement reuses the students already trained.
+    """
+    learned = {
+        k: v
+        for k, v in cfg.student.__dict__.items()
+        if k not in ("zero_stage", "placement_strategy")
+    }
+    return stable_hash(
+        {"student": learned, "lwd_beta": cfg.experiment.lwd_beta, "teacher": teacher_dir}
+    )
+
+
 def train(
     cfg: RunConfig,
     prep: Prepared | None = None,
@@ -364,13 +380,7 @@ def train(
     sw = sw or Stopwatch()
     prep = prep or prepare(cfg, sw)
     out = Path(cfg.out_dir)
-    signature = stable_hash(
-        {
-            "student": cfg.student.__dict__,
-            "lwd_beta": cfg.experiment.lwd_beta,
-            "teacher": prep.teacher_dir,
-        }
-    )
+    signature = student_signature(cfg, prep.teacher_dir)
     done = {r["job"] for r in read_results(out) if r.get("signature") == signature}
     jobs = [j for j in build_jobs(cfg, prep) if j.name not in done]
     if done:

@@ -4,6 +4,7 @@ import pytest
 
 from raydistill.config import ConfigError, RunConfig, load_config, parse_overrides
 
+RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
 
@@ -55,3 +56,20 @@ def test_bad_override_syntax():
 def test_missing_recipe(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_student_signature_ignores_execution_knobs_only():
+    """Reruns reuse students across ZeRO stages/placements, never across learning changes."""
+    from raydistill.cluster.run import student_signature
+
+    base = load_config(RECIPE_DIR / "sst2-cod.yaml", [])
+    sig = student_signature(base, "/t/a")
+    same = load_config(
+        RECIPE_DIR / "sst2-cod.yaml", ["student.zero_stage=3", "student.placement_strategy=SPREAD"]
+    )
+    assert student_signature(same, "/t/a") == sig
+    assert (
+        student_signature(load_config(RECIPE_DIR / "sst2-cod.yaml", ["student.lr=0.5"]), "/t/a")
+        != sig
+    )
+    assert student_signature(base, "/t/b") != sig
