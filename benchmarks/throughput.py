@@ -522,6 +522,10 @@ def main(argv: list[str] | None = None) -> int:
             Workload("teacher", backbone, labels, rows, dev, None, False, 1, 32, lr=5e-5)
         )
     storage = str(Path(cache_root()) / "bench-train")
+    from raydistill.config import load_config
+
+    recipe_stage = load_config(Path(__file__).resolve().parents[1] / "recipes" / "sst2-cod.yaml")
+    recipe_stage = recipe_stage.student.zero_stage
     shapes = []
     per_step = None
     with sw.stage("training"):
@@ -529,8 +533,13 @@ def main(argv: list[str] | None = None) -> int:
             plain = plain_torch_training(w, threads=cores)
             print(f"  {w.name} plain torch: {plain['samples_per_s']:.1f} samples/s", flush=True)
             ray_runs = []
-            # ZeRO-2 (the recipes' default) at 1 and 2 workers; ZeRO-0 isolates ZeRO's cost.
-            for workers, stage in [(1, 2)] if quick else [(1, 2), (1, 0), (2, 2)]:
+            # The recipe's ZeRO stage first (the headline), then the other stage (isolates
+            # ZeRO's cost) and 2 workers.
+            other = 2 if recipe_stage == 0 else 0
+            grid = [(1, recipe_stage)]
+            if not quick:
+                grid += [(1, other), (2, recipe_stage)]
+            for workers, stage in grid:
                 r = ray_training(
                     w,
                     workers=workers,

@@ -10,6 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 
+def _headline_stage(res: dict[str, Any]) -> Any:
+    """The ZeRO stage of the run the overhead headline compares (the recipe's)."""
+    try:
+        return res["training"]["workloads"][0]["ray"][0]["zero_stage"]
+    except (KeyError, IndexError):
+        return "?"
+
+
 def render_md(res: dict[str, Any]) -> str:
     h = res["headline"]
     lines = [
@@ -30,7 +38,8 @@ def render_md(res: dict[str, Any]) -> str:
         f"{'yes' if h['pool_vs_sequential'] >= 10 else 'no'} |",
         f"| pool ≥ 40% of CPU roofline | {h['roofline_pct']:.0f}% | "
         f"{'yes' if h['roofline_pct'] >= 40 else 'no'} |",
-        f"| Ray Train + DeepSpeed overhead ≤ 15% (1 worker, in-worker span) | "
+        f"| Ray Train + DeepSpeed overhead ≤ 15% (1 worker, ZeRO-{_headline_stage(res)}, "
+        "in-worker span) | "
         f"{h['train_overhead_pct']:.0f}% | {'yes' if h['train_overhead_pct'] <= 15 else 'no'} |",
         "",
         "## Generation (SmolLM2-135M-Instruct, counterfactual prompts on SST-2)",
