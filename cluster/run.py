@@ -297,6 +297,11 @@ def build_jobs(cfg: RunConfig, prep: Prepared) -> list[Any]:
         rows = [dict(r) for r in originals]
         if cod:
             rows += [dict(prep.counterfactuals[i]) for i in ids if i in prep.counterfactuals]
+        if not lwd:
+            # Only LWD reads hidden states; the rest would ship them for nothing (and some
+            # sources, e.g. human edits, carry them while the originals do not).
+            for r in rows:
+                r.pop("teacher_hidden", None)
         used = set(ids)
         pairs = [p for pid, p in pairs_by_parent.items() if pid not in used]
         jobs.append(

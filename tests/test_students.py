@@ -115,6 +115,22 @@ def test_batcher_cuts_padding_without_changing_outputs():
     assert data.batch(torch.tensor([2]))[0].shape[1] == data.ids.shape[1]
 
 
+def test_batcher_rejects_rows_with_and_without_hidden_states_naming_them():
+    """A mixed batch once crashed with a bare KeyError (human edits carry hidden states)."""
+    from raydistill.training.loop import _Batcher
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("tiny-bert"))
+    rows = [
+        {"id": "a/cf", "text": "good", "label": 1, "teacher_hidden": [[0.0, 1.0]]},
+        {"id": "b", "text": "bad", "label": 0},
+    ]
+    with pytest.raises(ValueError, match=r"1 of 2 training rows lack teacher_hidden.*'b'"):
+        _Batcher(tok, rows, max_length=16)
+    both = [dict(rows[0]), dict(rows[1], teacher_hidden=[[1.0, 0.0]])]
+    assert _Batcher(tok, both, max_length=16).t_hidden.shape == (2, 1, 2)
+
+
 def test_evaluator_restores_input_order_and_counts_pairs():
     from raydistill.training.evaluation import Evaluator
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

@@ -105,9 +105,18 @@ class _Batcher:
             if rows and "teacher_logits" in rows[0]
             else None
         )
+        has_hidden = [r.get("teacher_hidden") is not None for r in rows]
+        if any(has_hidden) and not all(has_hidden):
+            lacking = [
+                r.get("id", i) for i, r in enumerate(rows) if r.get("teacher_hidden") is None
+            ]
+            raise ValueError(
+                f"{len(lacking)} of {len(rows)} training rows lack teacher_hidden "
+                f"(e.g. {lacking[:3]}): annotate every row, or none, with hidden states"
+            )
         self.t_hidden = (
             torch.tensor(np.array([r["teacher_hidden"] for r in rows]), dtype=torch.float32)
-            if rows and rows[0].get("teacher_hidden") is not None
+            if rows and all(has_hidden)
             else None
         )
 
