@@ -150,7 +150,7 @@ def prepare(cfg: RunConfig, sw: Stopwatch | None = None) -> Prepared:
                 cf_records, stats = human_counterfactual_records(
                     list(cod_seeds.values()), human, teacher_dir, cfg.teacher.max_length
                 )
-                gen_stats = stats.summary()
+                gen_stats = {**stats.summary(), "source": "human:cad"}
             else:
                 cf_records, gen_stats = generate_cached(
                     cfg, spec, list(cod_seeds.values()), teacher_dir
@@ -258,6 +258,8 @@ def generate_cached(
         "this_run": summary if missing else None,
         "tokens_per_s": summary.get("tokens_per_s") if missing else None,
         "source": f"llm:{cfg.pool.model}",
+        # Which generations these are: students trained on them are valid only for them.
+        "cache_key": key,
     }
     return records, full
 
@@ -352,20 +354,27 @@ def read_results(out_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def student_signature(cfg: RunConfig, teacher_dir: str) -> str:
+def student_signature(cfg: RunConfig, teacher_dir: str, counterfactuals: str | None = None) -> str:
     """What a finished student's result is valid for; a rerun skips jobs that match.
 
     Execution knobs that do not change what a student learns stay out, so a grid rerun
     with another ZeRO stage or worker placement reuses the students already trained.
+    `counterfactuals` names the generations CoD arms train on (their cache key): new
+    generations (another prompt version, generator, config) retrain the students.
     """
     learned = {
         k: v
         for k, v in cfg.student.__dict__.items()
         if k not in ("zero_stage", "placement_strategy")
     }
-    return stable_hash(
-        {"student": learned, "lwd_beta": cfg.experiment.lwd_beta, "teacher": teacher_dir}
-    )
+    sig: dict[str, Any] = {
+        "student": learned,
+        "lwd_beta": cfg.experiment.lwd_beta,
+        "teacher": teacher_dir,
+    }
+    if counterfactuals is not None:
+        sig["counterfactuals"] = counterfactuals
+    return stable_hash(sig)
 
 
 def train(
@@ -385,7 +394,8 @@ def train(
     sw = sw or Stopwatch()
     prep = prep or prepare(cfg, sw)
     out = Path(cfg.out_dir)
-    signature = student_signature(cfg, prep.teacher_dir)
+    cf = prep.gen_stats.get("cache_key") or prep.gen_stats.get("source")
+    signature = student_signature(cfg, prep.teacher_dir, cf)
     done = {r["job"] for r in read_results(out) if r.get("signature") == signature}
     jobs = [j for j in build_jobs(cfg, prep) if j.name not in done]
     if done:

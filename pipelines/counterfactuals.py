@@ -14,6 +14,7 @@ what failed.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -25,7 +26,7 @@ import numpy as np
 from raydistill.cluster.metrics import FLIP_RATE, GEN_TOKENS_PER_S, count_rows, set_gauge
 from raydistill.pipelines.edits import word_edit_distance
 from raydistill.pipelines.llm_output import clean_candidate
-from raydistill.pipelines.prompts import counterfactual_messages
+from raydistill.pipelines.prompts import counterfactual_messages, split_for_prompt
 from raydistill.pipelines.tasks import TaskSpec
 from raydistill.training.classifier import Classifier, softmax
 
@@ -87,11 +88,14 @@ class FlipVerifier:
         noun: str | None = None,
         label_names: tuple[str, ...] = (),
         max_edit_fraction: float | None = None,
+        max_input_chars: int | None = None,
     ):
         self.clf = Classifier(teacher_dir, max_length=max_length)
         self.clean_kwargs = dict(
             noun=noun, label_names=tuple(label_names), max_edit_fraction=max_edit_fraction
         )
+        # The prompt showed only this many characters: candidates edit that part.
+        self.max_input_chars = max_input_chars
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         n = len(batch["id"])
@@ -100,8 +104,12 @@ class FlipVerifier:
         flat: list[str] = []
         for i in range(n):
             kept, why = [], Counter()
+            shown, rest = split_for_prompt(str(batch["text"][i]), self.max_input_chars)
             for raw in list(batch["candidates"][i]):
-                text, reason = clean_candidate(raw, str(batch["text"][i]), **self.clean_kwargs)
+                text, reason = clean_candidate(raw, shown, **self.clean_kwargs)
+                if text is not None and rest:
+                    # Splice the edited part back onto the part the model never saw.
+                    text = re.sub(r"\s*(…|\.\.\.)$", "", text) + " " + rest
                 if text is None:
                     why[reason] += 1
                 elif text not in kept:
@@ -266,6 +274,7 @@ def generate_counterfactuals(
                 noun=spec.noun,
                 label_names=tuple(spec.label_names),
                 max_edit_fraction=gen.max_edit_fraction,
+                max_input_chars=gen.max_input_chars,
             ),
             batch_size=64,
             batch_format="numpy",

@@ -15,11 +15,21 @@ COUNTERFACTUAL_SYSTEM = (
 )
 
 
-def truncate(text: str, max_chars: int) -> str:
-    if len(text) <= max_chars:
-        return text
+def split_for_prompt(text: str, max_chars: int | None) -> tuple[str, str]:
+    """(the part a prompt shows, the unseen rest), cut at a word boundary.
+
+    Long inputs (IMDB reviews) are shown only in part; the edited part is spliced back onto
+    the rest, so a counterfactual is still a whole input and a minimal edit of it.
+    """
+    if max_chars is None or len(text) <= max_chars:
+        return text, ""
     cut = text[:max_chars].rsplit(" ", 1)[0]
-    return cut + " …"
+    return cut, text[len(cut) :].strip()
+
+
+def truncate(text: str, max_chars: int) -> str:
+    shown, rest = split_for_prompt(text, max_chars)
+    return shown + " …" if rest else shown
 
 
 def counterfactual_messages(

@@ -73,3 +73,5 @@ def test_student_signature_ignores_execution_knobs_only():
         != sig
     )
     assert student_signature(base, "/t/b") != sig
+    # New generations (another prompt version or generator) retrain the CoD students.
+    assert student_signature(base, "/t/a", "gen-1") != student_signature(base, "/t/a", "gen-2")

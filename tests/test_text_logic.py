@@ -134,3 +134,40 @@ def test_minimality_allows_three_words_on_short_originals():
     assert clean_candidate("a truly dreadful film", "a great film", **ECHO_KW)[1] == ""
     # Without the option every rewrite passes (the caller decides).
     assert clean_candidate("In a gratifying way", ORIG_CF)[1] == ""
+
+
+def test_split_for_prompt_cuts_at_a_word_and_keeps_the_rest():
+    from raydistill.pipelines.prompts import split_for_prompt, truncate
+
+    text = "the acting was wonderful and the plot kept me guessing until the end"
+    shown, rest = split_for_prompt(text, 30)
+    assert shown == "the acting was wonderful and"
+    assert f"{shown} {rest}" == text
+    assert truncate(text, 30) == shown + " …"
+    assert split_for_prompt("short", 30) == ("short", "")
+
+
+def test_verifier_splices_edits_of_a_truncated_input_back_onto_the_rest():
+    """IMDB once lost every candidate: edits of the shown part were compared with the
+    whole review, so each looked like a rewrite (`not_minimal`)."""
+    from raydistill.pipelines.counterfactuals import FlipVerifier
+
+    from raydistill.registry import resolve_model
+
+    text = "the acting was wonderful and " + " ".join(["the plot kept me guessing"] * 8)
+    batch = {
+        "id": np.array(["r1"], dtype=object),
+        "text": np.array([text], dtype=object),
+        "target": np.array([0]),
+        "llm_error": np.array([""], dtype=object),
+        "candidates": np.array([["the acting was dreadful and …"]], dtype=object),
+    }
+    kw = dict(max_edit_fraction=0.5)
+    tiny = resolve_model("tiny-bert")
+    spliced = FlipVerifier(tiny, max_input_chars=30, **kw)(dict(batch))
+    assert spliced["num_valid"][0] == 1
+    # Flipped or not (a random tiny teacher), the one candidate is the spliced whole text.
+    got = spliced["cf_text"][0] or spliced["closest"][0]
+    assert got == text.replace("wonderful", "dreadful")
+    whole = FlipVerifier(tiny, **kw)(dict(batch))
+    assert whole["num_valid"][0] == 0 and "not_minimal" in whole["rejects"][0]
