@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     sw = Stopwatch()
     n_prompts = 32 if quick else 64
-    n_seq = 3 if quick else 8
+    n_seq = 2 if quick else 8
     max_new = 32 if quick else 48
     batch_sizes = [32] if quick else [8, 32, 64]
     replica_counts = [1] if quick else [1, 2]
@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             "no trained SST-2 teacher in the cache: the MiniLM backbone with an untrained "
             "head stands in (speed is the same, accuracies are meaningless)"
         )
-    n_rows = 128 if quick else 256
+    n_rows = 96 if quick else 256
     spec, rows = training_rows(n_rows, teacher, 64, with_hidden=False)
     labels = list(spec.label_names)
     dev = rows[:16]
