@@ -33,10 +33,9 @@ METHODS: dict[str, tuple[bool, bool, bool]] = {
     "lwd": (True, True, False),
     "lwd+cod": (True, True, True),
 }
-PROMPT_VERSION = (
-    2  # bump when prompts or candidate handling change: cached generations are not reused
-)
-# 2: edits of a truncated long input are spliced onto its unseen rest (IMDB)
+# Bump when prompts or candidate handling change, so cached generations are not reused.
+# 2: edits of a truncated long input are spliced onto its unseen rest (IMDB).
+PROMPT_VERSION = 2
 
 
 def check_methods(methods: list[str]) -> None:
