@@ -160,15 +160,14 @@ def _numel(st, key: str) -> int:
 
 
 def _minilm_classifier(dest: Path, num_layers: int | None) -> str:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from raydistill.training.students import load_classifier
+    from transformers import AutoTokenizer
 
     from raydistill.registry import resolve_minilm
 
     src = resolve_minilm()
-    kwargs: dict[str, Any] = {"num_labels": 2, "id2label": {0: "negative", 1: "positive"}}
-    if num_layers:
-        kwargs["num_hidden_layers"] = num_layers  # keeps the first layers' weights
-    model = AutoModelForSequenceClassification.from_pretrained(src, **kwargs)
+    # The recipes' student shape (mean-pooled, first layers' weights kept).
+    model = load_classifier(str(src), ["negative", "positive"], num_layers)
     model.save_pretrained(dest, safe_serialization=True)
     AutoTokenizer.from_pretrained(src).save_pretrained(dest)
     return str(dest)

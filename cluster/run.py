@@ -111,8 +111,10 @@ def prepare(cfg: RunConfig, sw: Stopwatch | None = None) -> Prepared:
             cache,
             storage_path=str((out / "ray_train").resolve()),
         )
+    from raydistill.training.pooled_classifier import register
     from transformers import AutoConfig
 
+    register()  # the teacher may be a mean-pooled checkpoint
     tcfg = AutoConfig.from_pretrained(teacher_dir)
     plan = draws(cfg, train, spec.num_labels)
     needs_hidden = any(METHODS[m][1] for m in cfg.experiment.methods)
@@ -318,11 +320,13 @@ def build_jobs(cfg: RunConfig, prep: Prepared) -> list[Any]:
                 test_rows=test_ref,
                 pairs=pairs or None,
                 num_layers=s.num_layers,
+                pooling=s.pooling,
                 freeze_embeddings=s.freeze_embeddings,
                 alpha=s.alpha if kd else 0.0,
                 beta=(cfg.experiment.lwd_beta if s.beta == 0 else s.beta) if lwd else 0.0,
                 temperature=s.temperature,
                 lr=s.lr,
+                head_lr=s.head_lr,
                 weight_decay=s.weight_decay,
                 epochs=s.epochs,
                 batch_size=s.batch_size,

@@ -58,6 +58,9 @@ class TeacherConfig:
     lr: float = 5e-5
     batch_size: int = 32
     max_length: int = 64
+    # mean: mean-pool the backbone (what sentence encoders were trained for); native: the
+    # backbone's own classification head ([CLS] pooler for BERT, last token for Llama).
+    pooling: str = "mean"
     num_workers: int = 1
     seed: int = 0
 
@@ -107,6 +110,15 @@ class GenerationConfig:
     # the original's words (at least 3 words are always allowed) are rejected as
     # rewrites ("not_minimal"). null keeps every rewrite.
     max_edit_fraction: float | None = 0.5
+    # rewrite: the LLM rewrites the text with a few words changed (the CoD paper's
+    # prompt; needs a capable generator). swap: the teacher picks the words that carry
+    # the label (occlusion), the LLM writes a replacement for each, and single and joint
+    # swaps are verified: minimal by construction, and what a 135M model can do
+    # (pipelines/swaps.py).
+    strategy: str = "rewrite"
+    # swap: salient words asked for per round (round r uses swap_words[r-1], the last
+    # entry for later rounds); answers from earlier rounds are reused.
+    swap_words: list[int] = field(default_factory=lambda: [3, 8])
 
 
 @dataclass
@@ -116,6 +128,9 @@ class StudentConfig:
     backbone: str = "all-minilm-l6-v2"
     # Keep the first N transformer layers of the backbone (None = all).
     num_layers: int | None = 2
+    # mean | native, as for the teacher. Mean-pooled MiniLM students learn from
+    # counterfactuals; [CLS]-pooled ones barely do (training/pooled_classifier.py).
+    pooling: str = "mean"
     # Few-shot students keep their pretrained embeddings: fewer parameters to fit from k
     # examples, and 4× less optimizer and all-reduce work for a MiniLM-sized student.
     freeze_embeddings: bool = True
@@ -123,6 +138,9 @@ class StudentConfig:
     beta: float = 0.0
     temperature: float = 2.0
     lr: float = 1e-4
+    # Learning rate of the new parts (label head, LWD projection); None = `lr`. Few-shot
+    # students want a large one here and a small `lr` for the pretrained layers.
+    head_lr: float | None = None
     weight_decay: float = 0.01
     epochs: int = 60
     # None = full batch (k is tiny); per worker.

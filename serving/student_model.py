@@ -27,8 +27,10 @@ class StudentClassifier:
         device: str | None = None,
     ):
         import torch
+        from raydistill.training.pooled_classifier import register
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        register()  # mean-pooled students load without trust_remote_code
         self.model_dir = str(model_dir)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size = int(batch_size)
@@ -79,8 +81,10 @@ class StudentClassifier:
 
 def read_labels(model_dir: str) -> list[str]:
     """Label names of a checkpoint from its config alone (no weights loaded)."""
+    from raydistill.training.pooled_classifier import register
     from transformers import AutoConfig
 
+    register()
     cfg = AutoConfig.from_pretrained(model_dir)
     id2label = {int(k): str(v) for k, v in (cfg.id2label or {}).items()}
     return [id2label.get(i, f"LABEL_{i}") for i in range(cfg.num_labels)]

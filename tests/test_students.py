@@ -86,10 +86,83 @@ def test_deepspeed_config_shape():
 def test_freeze_embeddings_leaves_layers_trainable():
     small = resolve_model("tiny-bert")
     s = DistillStudent(small, ["a", "b"], num_layers=1, freeze_embeddings=True)
-    emb = s.model.bert.embeddings
+    emb = s.model.base_model.embeddings
     assert not any(p.requires_grad for p in emb.parameters())
-    assert all(p.requires_grad for p in s.model.bert.encoder.parameters())
+    assert all(p.requires_grad for p in s.model.base_model.encoder.parameters())
     assert s.model.classifier.weight.requires_grad
+
+
+def test_mean_pooled_student_loads_with_plain_transformers_in_a_fresh_process(tmp_path):
+    """The checkpoint carries its model code: no raydistill import needed to load it."""
+    import json
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    small = resolve_model("tiny-bert")
+    s = DistillStudent(small, ["neg", "pos"], num_layers=1)
+    assert type(s.model).__name__ == "PooledForSequenceClassification"
+    tok = AutoTokenizer.from_pretrained(small)
+    s.save(tmp_path / "ckpt", tok)
+    s.model.eval()
+    with torch.no_grad():
+        ours = s.model(*_batch(tok)).logits.tolist()
+    code = (
+        "import json, sys\n"
+        "from transformers import AutoModelForSequenceClassification, AutoTokenizer\n"
+        "p = sys.argv[1]\n"
+        "m = AutoModelForSequenceClassification.from_pretrained(p, trust_remote_code=True).eval()\n"
+        "t = AutoTokenizer.from_pretrained(p, trust_remote_code=True)\n"
+        "x = t(['a fine film', 'a dull and boring film'], return_tensors='pt', padding=True)\n"
+        "print(json.dumps({'mods': sorted(k for k in sys.modules if k.startswith('raydistill')),"
+        " 'logits': m(**x).logits.tolist(), 'labels': m.config.id2label}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "ckpt")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["mods"] == []
+    assert got["labels"] == {"0": "neg", "1": "pos"}
+    torch.testing.assert_close(
+        torch.tensor(got["logits"]), torch.tensor(ours), atol=1e-5, rtol=1e-4
+    )
+
+
+def test_native_pooling_keeps_the_backbone_head():
+    small = resolve_model("tiny-bert")
+    s = DistillStudent(small, ["a", "b"], num_layers=1, pooling="native")
+    assert type(s.model).__name__ == "BertForSequenceClassification"
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        DistillStudent(small, ["a", "b"], pooling="max")
+
+
+def test_param_groups_put_new_parts_at_head_lr():
+    from raydistill.training.loop import param_groups
+
+    small = resolve_model("tiny-bert")
+    s = DistillStudent(
+        small, ["a", "b"], num_layers=1, teacher_width=96, teacher_layers=2, freeze_embeddings=True
+    )
+    groups = param_groups(s, 1e-4, 1e-2)
+    assert [g["lr"] for g in groups] == [1e-4, 1e-2]
+    body, head = ({id(p) for p in g["params"]} for g in groups)
+    assert id(s.model.classifier.weight) in head and id(s.model.classifier.weight) not in body
+    assert all(id(p) in head for p in s.projection.parameters())
+    layer = next(s.model.base_model.encoder.parameters())
+    assert id(layer) in body
+    # frozen parts are in no group; the [CLS] pooler the mean head never reads is frozen
+    frozen = {id(p) for p in s.parameters() if not p.requires_grad}
+    assert frozen and not frozen & (body | head)
+    assert all(not p.requires_grad for p in s.model.base_model.pooler.parameters())
+    [one] = param_groups(s, 1e-4, None)
+    assert one["lr"] == 1e-4 and len(one["params"]) == len(body | head)
 
 
 def test_batcher_cuts_padding_without_changing_outputs():

@@ -422,6 +422,56 @@ class TestHFBackend:
         toks = sum(o["generated_tokens"] for o in out)
         print(f"\nhf chat_stage 7 rows x n=2: {dt:.1f} s, {toks} tokens")
 
+    @pytest.mark.parametrize("strategy", ["rewrite", "swap"])
+    def test_generate_counterfactuals(self, hf_endpoint, tmp_path, strategy):
+        """Both strategies end to end: every seed comes back as one complete record."""
+        import numpy as np
+        from raydistill.pipelines.counterfactuals import generate_counterfactuals
+        from raydistill.pipelines.edits import word_edit_distance
+        from raydistill.pipelines.tasks import get_task
+        from raydistill.training.classifier import Classifier
+        from raydistill.training.students import load_classifier
+        from transformers import AutoTokenizer
+
+        from raydistill.config import GenerationConfig
+        from raydistill.registry import resolve_model
+
+        bert = resolve_model("tiny-bert")
+        teacher = str(tmp_path / "teacher")
+        load_classifier(bert, ["negative", "positive"]).save_pretrained(teacher)
+        AutoTokenizer.from_pretrained(bert).save_pretrained(teacher)
+        texts = [
+            "a gorgeous , witty , seductive movie .",
+            "the plot is a dull and tired mess .",
+            "one of the best films of the year",
+            "it fails to be funny",
+        ]
+        logits = Classifier(teacher).logits(texts)
+        seeds = [
+            {"id": f"s{i}", "text": t, "label": i % 2, "teacher_logits": lg.tolist()}
+            for i, (t, lg) in enumerate(zip(texts, logits, strict=True))
+        ]
+        gen = GenerationConfig(
+            strategy=strategy, num_candidates=3, rounds=2, max_new_tokens=12, swap_words=[2, 4]
+        )
+        records, stats = generate_counterfactuals(
+            seeds, get_task("sst2"), hf_endpoint, teacher, gen, source="llm:tiny", batch_size=8
+        )
+        assert [r["parent_id"] for r in records] == [s["id"] for s in seeds]
+        assert stats.seeds == 4 and stats.flipped == sum(r["flipped"] for r in records)
+        assert stats.candidates > 0 and stats.generated_tokens > 0
+        for r, s in zip(records, seeds, strict=True):
+            target = 1 - int(np.argmax(s["teacher_logits"]))
+            assert r["label"] == target and 1 <= r["rounds"] <= 2 and r["attempts"] > 0
+            if r["flipped"]:
+                assert r["text"] != s["text"] and r["teacher_pred"] == target
+                assert int(np.argmax(r["teacher_logits"])) == target
+                assert r["edit_words"] == word_edit_distance(s["text"], r["text"]) >= 1
+                if strategy == "swap":  # at most the 4 swapped words change
+                    assert r["edit_words"] <= 8
+            else:
+                assert r["text"] == "" and r["edit_words"] == -1
+
     def test_chat_stage_server_errors_become_row_errors(self, hf_endpoint):
         import ray
 

@@ -38,11 +38,13 @@ class TrainJob:
         None  # [(orig_teacher_pred, orig_text, cf_teacher_pred, cf_text)] for boundary fidelity
     )
     num_layers: int | None = None
+    pooling: str = "mean"
     freeze_embeddings: bool = False
     alpha: float = 0.0
     beta: float = 0.0
     temperature: float = 1.0
     lr: float = 5e-5
+    head_lr: float | None = None
     weight_decay: float = 0.01
     epochs: float = 1.0
     batch_size: int | None = None
@@ -138,6 +140,22 @@ class _Batcher:
         return ids, mask
 
 
+def param_groups(student: DistillStudent, lr: float, head_lr: float | None) -> list[dict]:
+    """The pretrained body at `lr`, the new parts (label head, LWD projection) at `head_lr`.
+
+    A randomly initialised head fitted from k examples needs a far larger step than the
+    pretrained layers under it, which a few-shot job should barely move: one learning rate
+    either leaves the head untrained or wrecks the body.
+    """
+    trainable = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+    body_ids = {id(p) for p in student.model.base_model.parameters()}
+    body = [p for _, p in trainable if id(p) in body_ids]
+    head = [p for _, p in trainable if id(p) not in body_ids]
+    if head_lr is None:
+        return [{"params": body + head, "lr": lr}]
+    return [g for g in ({"params": body, "lr": lr}, {"params": head, "lr": head_lr}) if g["params"]]
+
+
 def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
     """Train, select on dev, evaluate on test; `report(metrics, ckpt_dir)` once per job."""
     from raydistill.training.deepspeed_ops import use_prefix_extensions_dir
@@ -163,6 +181,7 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
         teacher_width=job.teacher_width if lwd else None,
         teacher_layers=job.teacher_layers if lwd else None,
         freeze_embeddings=job.freeze_embeddings,
+        pooling=job.pooling,
     )
     if lwd and student.projection is None:
         raise ValueError(f"job {job.name}: beta>0 needs teacher_width and teacher_layers")
@@ -174,8 +193,9 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
     data = _Batcher(tokenizer, shard, job.max_length)
     micro = len(data) if job.batch_size is None else min(job.batch_size, len(data))
     steps_per_epoch = max(1, len(data) // micro)
-    params = [p for p in student.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=job.lr, weight_decay=job.weight_decay)
+    optim = torch.optim.AdamW(
+        param_groups(student, job.lr, job.head_lr), weight_decay=job.weight_decay
+    )
     engine, _, _, _ = deepspeed.initialize(
         model=student,
         optimizer=optim,

@@ -1,8 +1,10 @@
-"""Students: any HF sequence classifier, truncated to N layers, plus the LWD projection.
+"""Students: any HF encoder or decoder, truncated to N layers, plus the LWD projection.
 
-The HF model is kept intact inside `DistillStudent` so the checkpoint is a plain
+The classifier is kept intact inside `DistillStudent` so the checkpoint is a plain
 `save_pretrained` folder that `AutoModelForSequenceClassification` loads; the projection
-is training-only and saved beside it, not inside it.
+is training-only and saved beside it, not inside it. `pooling="mean"` (the default) wraps
+the backbone in `PooledForSequenceClassification` (mean over tokens); `"native"` keeps the
+backbone's own sequence-classification head ([CLS] pooler for BERT, last token for Llama).
 """
 
 from __future__ import annotations
@@ -20,26 +22,47 @@ def default_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     return [round(i * teacher_layers / student_layers) for i in range(1, student_layers + 1)]
 
 
+POOLINGS = ("mean", "native")
+
+
 def load_classifier(
     backbone_dir: str,
     label_names: list[str],
     num_layers: int | None = None,
+    pooling: str = "mean",
 ):
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    """A fresh classifier on a pretrained backbone (its first `num_layers` layers)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     cfg = AutoConfig.from_pretrained(backbone_dir)
-    kwargs = dict(
+    labels = dict(
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={n: i for i, n in enumerate(label_names)},
     )
+    depth = {}
     if num_layers is not None:
         total = getattr(cfg, "num_hidden_layers", None)
         if total is not None and num_layers > total:
             raise ValueError(f"student.num_layers={num_layers} but {backbone_dir} has {total}")
-        kwargs["num_hidden_layers"] = num_layers
+        depth["num_hidden_layers"] = num_layers
+    if pooling == "mean":
+        from raydistill.training.pooled_classifier import (
+            PooledClassifierConfig,
+            PooledForSequenceClassification,
+            register,
+        )
+
+        register()
+        encoder = AutoModel.from_pretrained(backbone_dir, **depth)
+        if encoder.config.pad_token_id is None:
+            encoder.config.pad_token_id = encoder.config.eos_token_id
+        pcfg = PooledClassifierConfig(encoder=encoder.config.to_dict(), pooling="mean", **labels)
+        return PooledForSequenceClassification(pcfg, encoder=encoder)
     model = AutoModelForSequenceClassification.from_pretrained(
-        backbone_dir, ignore_mismatched_sizes=True, **kwargs
+        backbone_dir, ignore_mismatched_sizes=True, **labels, **depth
     )
     if model.config.pad_token_id is None:
         # Decoder-only backbones need a pad id to find the last real token.
@@ -57,9 +80,10 @@ class DistillStudent(nn.Module):
         teacher_width: int | None = None,
         teacher_layers: int | None = None,
         freeze_embeddings: bool = False,
+        pooling: str = "mean",
     ):
         super().__init__()
-        self.model = load_classifier(backbone_dir, label_names, num_layers)
+        self.model = load_classifier(backbone_dir, label_names, num_layers, pooling)
         if freeze_embeddings:
             emb = (
                 getattr(self.model.base_model, "embeddings", None)

@@ -34,6 +34,8 @@ def teacher_key(data: DataConfig, t: TeacherConfig, spec: TaskSpec) -> str:
             "bs": t.batch_size,
             "len": t.max_length,
             "seed": t.seed,
+            # Absent for the [CLS] head so teachers cached before pooling existed stay valid.
+            **({"pooling": t.pooling} if t.pooling != "native" else {}),
         }
     )
 
@@ -69,6 +71,7 @@ def ensure_teacher(
         dev_rows=ray.put(dev_rows),
         test_rows=ray.put(dev_rows),
         num_layers=None,
+        pooling=t.pooling,
         lr=t.lr,
         epochs=t.epochs,
         batch_size=t.batch_size,
