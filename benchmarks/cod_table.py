@@ -41,6 +41,9 @@ DATASETS = {
     # Diagnostic: the same teacher and counterfactuals, a full 6-layer student (is student
     # capacity what holds CoD back?).
     "sst2-l6": (["student.num_layers=6"], "sst2"),
+    # The CoD paper's free-form prompt ("change a few words") instead of the word swaps:
+    # the same teacher and students, another generation strategy.
+    "sst2-rewrite": (["generation.strategy=rewrite"], "sst2"),
     "imdb-llm": (
         [
             "data.task=imdb",
@@ -48,11 +51,12 @@ DATASETS = {
             "data.dev_rows=245",
             "teacher.max_length=256",
             "teacher.epochs=1",
-            # 128 student tokens and 30 epochs: at 256 × 60 one k=16 student took ~2.5 min
-            # on 2 cores, the grid hours; the teacher still reads 256 tokens.
+            # Students read 128 tokens (the teacher 256): at 256 one k=16 student took
+            # ~2.5 min on 2 cores. 99 % of CAD edits start within the first 126 tokens.
             "student.max_length=128",
-            "student.epochs=30",
-            "student.eval_every=10",
+            # One swapped word rarely flips a whole review: round 3 swaps up to 16.
+            "generation.swap_words=[3, 8, 16]",
+            "generation.rounds=3",
             "generation.max_input_chars=700",
             "generation.max_new_tokens=160",
         ],
@@ -66,11 +70,7 @@ DATASETS = {
             "data.dev_rows=245",
             "teacher.max_length=256",
             "teacher.epochs=1",
-            # 128 student tokens and 30 epochs: at 256 × 60 one k=16 student took ~2.5 min
-            # on 2 cores, the grid hours; the teacher still reads 256 tokens.
             "student.max_length=128",
-            "student.epochs=30",
-            "student.eval_every=10",
         ],
         "imdb",
     ),

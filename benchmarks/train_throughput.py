@@ -86,10 +86,12 @@ def plain_torch_training(w: Workload, *, threads: int, teacher_dir: str | None =
     rng = np.random.default_rng(0)
     steps_per_epoch = max(1, len(data) // w.batch_size)
     teacher_forwards = 0
+    step_s = 0.0
     student.train()
     for _ in range(w.epochs):
         perm = torch.from_numpy(rng.permutation(len(data)))
         for i in range(steps_per_epoch):
+            ts = time.perf_counter()
             idx = perm[i * w.batch_size : (i + 1) * w.batch_size]
             if teacher is not None:
                 t_logits = torch.from_numpy(teacher.logits([texts[j] for j in idx.tolist()]))
@@ -104,6 +106,7 @@ def plain_torch_training(w: Workload, *, threads: int, teacher_dir: str | None =
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)  # the Ray path clips too (equal work)
             optim.step()
+            step_s += time.perf_counter() - ts
     m = evaluate(student.model, tok, w.dev_rows, None, w.max_length)
     dt = time.perf_counter() - t0
     return {
@@ -111,6 +114,9 @@ def plain_torch_training(w: Workload, *, threads: int, teacher_dir: str | None =
         "seconds": round(dt, 2),
         "samples": w.samples,
         "samples_per_s": w.samples / dt,
+        # Steady state: the training steps alone, without model build and evaluation.
+        "step_seconds": round(step_s, 3),
+        "step_samples_per_s": w.samples / step_s,
         "dev_accuracy": m["accuracy"],
         "teacher_forwards_per_example": teacher_forwards / len(w.rows) if teacher else 0.0,
     }
@@ -161,6 +167,8 @@ def ray_training(
         "seconds_wall": round(wall, 2),
         "samples": w.samples,
         "samples_per_s": w.samples / metrics["train_s"],
+        "step_seconds": metrics["step_s"],
+        "step_samples_per_s": w.samples / metrics["step_s"],
         "samples_per_s_wall": w.samples / wall,
         "dev_accuracy": metrics["dev_accuracy"],
     }

@@ -208,8 +208,10 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
     best: tuple[float, int, dict[str, torch.Tensor] | None] = (-1.0, 0, None)
     history: list[dict[str, float]] = []
     last_parts: dict[str, float] = {}
+    step_s = 0.0  # time in training steps alone (benchmarks separate it from fixed costs)
     engine.train()
     for step in range(1, total_steps + 1):
+        ts = time.perf_counter()
         i = (step - 1) % steps_per_epoch
         if i == 0 and job.batch_size is not None:
             perm = torch.from_numpy(rng.permutation(len(data)))
@@ -235,6 +237,7 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
         )
         engine.backward(loss)
         engine.step()
+        step_s += time.perf_counter() - ts
         if rank == 0 and step % max(1, total_steps // 10) == 0:
             set_gauge(TRAIN_LOSS, last_parts["loss"], job=job.name)
         if rank == 0 and total_steps >= 50 and step % max(1, total_steps // 10) == 0:
@@ -264,6 +267,8 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
             "best_step": best[1],
             "train_rows": len(train_rows),
             "train_s": round(time.perf_counter() - t0, 2),
+            "step_s": round(step_s, 3),
+            "steps": total_steps,
             "final_loss": last_parts.get("loss", float("nan")),
             **{f"meta_{k}": v for k, v in job.meta.items()},
         }
