@@ -26,7 +26,7 @@ import numpy as np
 from raydistill.cluster.metrics import FLIP_RATE, GEN_TOKENS_PER_S, count_rows, set_gauge
 from raydistill.pipelines.edits import word_edit_distance
 from raydistill.pipelines.llm_output import clean_candidate
-from raydistill.pipelines.prompts import counterfactual_messages, split_for_prompt
+from raydistill.pipelines.prompts import split_for_prompt
 from raydistill.pipelines.tasks import TaskSpec
 from raydistill.training.classifier import Classifier, softmax
 
@@ -245,10 +245,12 @@ def generate_counterfactuals(
         spec=spec,
         gen=gen,
     )
+    from raydistill.pipelines.generation_rounds import rewrite_rounds, swap_rounds
+
     if gen.strategy == "swap":
-        rounds = _swap_rounds(pending, spec, endpoint, gen, batch_size, concurrency, verifier)
+        rounds = swap_rounds(pending, spec, endpoint, gen, batch_size, concurrency, verifier)
     elif gen.strategy == "rewrite":
-        rounds = _rewrite_rounds(pending, spec, endpoint, gen, batch_size, concurrency, verifier)
+        rounds = rewrite_rounds(pending, spec, endpoint, gen, batch_size, concurrency, verifier)
     else:
         raise ValueError(f"generation.strategy must be 'rewrite' or 'swap', got {gen.strategy!r}")
     for rnd, results in rounds:
@@ -283,201 +285,6 @@ def generate_counterfactuals(
     set_gauge(FLIP_RATE, stats.flip_rate, task=spec.name)
     set_gauge(GEN_TOKENS_PER_S, stats.tokens_per_s, model=source)
     return records, stats
-
-
-def _verify(ds: Any, verifier: dict[str, Any], expected: int, rnd: int) -> list[dict[str, Any]]:
-    """Rows with `candidates` → teacher-verified rows (one Ray Data stage), all of them."""
-    spec, gen = verifier["spec"], verifier["gen"]
-    ds = ds.map_batches(
-        FlipVerifier,
-        fn_constructor_kwargs=dict(
-            teacher_dir=verifier["teacher_dir"],
-            max_length=verifier["teacher_max_length"],
-            noun=spec.noun,
-            label_names=tuple(spec.label_names),
-            max_edit_fraction=gen.max_edit_fraction,
-            max_input_chars=gen.max_input_chars if gen.strategy == "rewrite" else None,
-        ),
-        batch_size=64,
-        batch_format="numpy",
-        concurrency=1,
-    )
-    results = ds.take_all()
-    if len(results) != expected:
-        raise RuntimeError(f"generation round {rnd}: {len(results)} of {expected} rows came back")
-    return results
-
-
-def _rewrite_rounds(pending, spec, endpoint, gen, batch_size, concurrency, verifier):
-    """The CoD paper's prompt: the LLM rewrites the text with a few words changed."""
-    import ray
-    from raydistill.pipelines.llm_stage import Sampling, chat_stage
-
-    for rnd in range(1, gen.rounds + 1):
-        if not pending:
-            return
-        rows = []
-        for p in pending.values():
-            msgs = counterfactual_messages(
-                spec,
-                p["text"],
-                spec.label_names[p["source_label"]],
-                spec.label_names[p["target"]],
-                previous=p["previous"] or None,
-                max_chars=gen.max_input_chars,
-            )
-            rows.append({"id": p["id"], "text": p["text"], "target": p["target"], "messages": msgs})
-        sampling = Sampling(
-            n=gen.num_candidates,
-            temperature=gen.temperature,
-            top_p=gen.top_p,
-            max_tokens=gen.max_new_tokens,
-            seed=gen.seed + rnd,
-        )
-        ds = chat_stage(
-            ray.data.from_items(rows),
-            endpoint,
-            sampling,
-            batch_size=batch_size,
-            concurrency=concurrency,
-        )
-        results = _verify(ds, verifier, len(rows), rnd)
-        for r in results:
-            r["num_asked"] = gen.num_candidates
-        yield rnd, results
-
-
-def _swap_rounds(pending, spec, endpoint, gen, batch_size, concurrency, verifier):
-    """Teacher-guided swaps (`pipelines/swaps.py`): round r asks for replacements of the
-    top `swap_words[r-1]` salient words (reusing earlier answers) and verifies single and
-    joint swaps."""
-    import ray
-    from raydistill.pipelines.llm_stage import Sampling, chat_stage
-    from raydistill.pipelines.swaps import (
-        REJECT_UNPARSABLE,
-        SWAP_MAX_TOKENS,
-        Saliency,
-        parse_replacement,
-        swap_candidates,
-        swap_messages,
-        word_spans,
-    )
-
-    most = max(gen.swap_words)
-    seeds = [
-        {"id": p["id"], "text": p["text"], "source_label": p["source_label"]}
-        for p in pending.values()
-    ]
-    ranked_rows = (
-        ray.data.from_items(seeds)
-        .map_batches(
-            Saliency,
-            fn_constructor_kwargs=dict(
-                teacher_dir=verifier["teacher_dir"],
-                max_length=verifier["teacher_max_length"],
-                top=most,
-            ),
-            batch_size=16,
-            batch_format="numpy",
-            concurrency=1,
-        )
-        .take_all()
-    )
-    info: dict[str, dict[str, Any]] = {}
-    for r in ranked_rows:
-        text = pending[r["id"]]["text"]
-        info[r["id"]] = {
-            "spans": word_spans(text),
-            "ranked": [int(i) for i in r["ranked"]],
-            "replacements": {},
-            "unparsable": 0,
-            "asked": set(),
-        }
-    for rnd in range(1, gen.rounds + 1):
-        if not pending:
-            return
-        m = gen.swap_words[min(rnd, len(gen.swap_words)) - 1]
-        ask = []
-        asked_now: dict[str, int] = {}
-        for pid in pending:
-            inf = info[pid]
-            p = pending[pid]
-            for i in inf["ranked"][:m]:
-                if i in inf["asked"]:
-                    continue
-                inf["asked"].add(i)
-                asked_now[pid] = asked_now.get(pid, 0) + gen.num_candidates
-                s, e = inf["spans"][i]
-                word = p["text"][s:e]
-                ask.append(
-                    {
-                        "id": f"{pid}\t{i}",
-                        "messages": swap_messages(spec, word, p["source_label"], p["target"]),
-                    }
-                )
-        sampling = Sampling(
-            n=gen.num_candidates,
-            temperature=gen.temperature,
-            top_p=gen.top_p,
-            max_tokens=SWAP_MAX_TOKENS,
-            seed=gen.seed + rnd,
-        )
-        tokens: dict[str, int] = {}
-        errors: dict[str, int] = {}
-        if ask:
-            answered = chat_stage(
-                ray.data.from_items(ask),
-                endpoint,
-                sampling,
-                batch_size=batch_size,
-                concurrency=concurrency,
-            ).take_all()
-            for a in answered:
-                pid, idx = a["id"].split("\t")
-                inf, idx = info[pid], int(idx)
-                s, e = inf["spans"][idx]
-                word = pending[pid]["text"][s:e]
-                tokens[pid] = tokens.get(pid, 0) + int(a.get("generated_tokens") or 0)
-                if a["llm_error"]:
-                    errors[pid] = errors.get(pid, 0) + 1
-                reps = []
-                for raw in list(a["candidates"]):
-                    rep = parse_replacement(raw)
-                    if rep is None:
-                        inf["unparsable"] += 1
-                    elif rep.lower() != word.lower() and rep not in reps:
-                        reps.append(rep)
-                inf["replacements"][idx] = reps
-        rows = []
-        for pid, p in pending.items():
-            inf = info[pid]
-            cands = swap_candidates(
-                p["text"],
-                inf["spans"],
-                inf["ranked"][:m],
-                inf["replacements"],
-                gen.num_candidates,
-            )
-            rows.append(
-                {
-                    "id": pid,
-                    "text": p["text"],
-                    "target": p["target"],
-                    "candidates": cands,
-                    "llm_error": "llm_error" if errors.get(pid) else "",
-                    "generated_tokens": tokens.get(pid, 0),
-                    "unparsable": inf["unparsable"],
-                    "num_asked": asked_now.get(pid, 0),
-                }
-            )
-            inf["unparsable"] = 0
-        results = _verify(ray.data.from_items(rows), verifier, len(rows), rnd)
-        for r in results:
-            rej = json.loads(r["rejects"])
-            if int(r["unparsable"]):
-                rej[REJECT_UNPARSABLE] = rej.get(REJECT_UNPARSABLE, 0) + int(r["unparsable"])
-            r["rejects"] = json.dumps(rej)
-        yield rnd, results
 
 
 def _record(

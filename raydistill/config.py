@@ -23,6 +23,14 @@ class ConfigError(ValueError):
     """A recipe or override names an unknown key or has a value of the wrong type."""
 
 
+POOLINGS = ("mean", "native")
+
+
+def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
+
+
 @dataclass
 class DataConfig:
     """Which task, where its files live, and how much of it each stage uses."""
@@ -63,6 +71,9 @@ class TeacherConfig:
     pooling: str = "mean"
     num_workers: int = 1
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _one_of("teacher.pooling", self.pooling, POOLINGS)
 
 
 @dataclass
@@ -120,6 +131,11 @@ class GenerationConfig:
     # entry for later rounds); answers from earlier rounds are reused.
     swap_words: list[int] = field(default_factory=lambda: [3, 8])
 
+    def __post_init__(self) -> None:
+        _one_of("generation.strategy", self.strategy, ("rewrite", "swap"))
+        if not self.swap_words or any(n < 1 for n in self.swap_words):
+            raise ConfigError(f"generation.swap_words: positive integers, got {self.swap_words}")
+
 
 @dataclass
 class StudentConfig:
@@ -155,6 +171,9 @@ class StudentConfig:
     placement_strategy: str = "PACK"
     use_gpu: bool = False
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _one_of("student.pooling", self.pooling, POOLINGS)
 
 
 @dataclass

@@ -75,3 +75,21 @@ def test_student_signature_ignores_execution_knobs_only():
     assert student_signature(base, "/t/b") != sig
     # New generations (another prompt version or generator) retrain the CoD students.
     assert student_signature(base, "/t/a", "gen-1") != student_signature(base, "/t/a", "gen-2")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "generation.strategy=paraphrase",
+            r"generation\.strategy: 'paraphrase' is not one of rewrite, swap",
+        ),
+        ("generation.swap_words=[]", r"generation\.swap_words"),
+        ("generation.swap_words=[3, 0]", r"generation\.swap_words"),
+        ("student.pooling=max", r"student\.pooling: 'max' is not one of mean, native"),
+        ("teacher.pooling=cls", r"teacher\.pooling"),
+    ],
+)
+def test_bad_choices_are_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])

@@ -16,13 +16,12 @@ from raydistill.training.classifier import mean_pool
 from raydistill.training.losses import LayerProjection
 from torch import nn
 
+from raydistill.config import POOLINGS
+
 
 def default_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     """Student layer i (1-based hidden_states index) → teacher layer, spread evenly."""
     return [round(i * teacher_layers / student_layers) for i in range(1, student_layers + 1)]
-
-
-POOLINGS = ("mean", "native")
 
 
 def load_classifier(
