@@ -44,6 +44,12 @@ DATASETS = {
     # The CoD paper's free-form prompt ("change a few words") instead of the word swaps:
     # the same teacher and students, another generation strategy.
     "sst2-rewrite": (["generation.strategy=rewrite"], "sst2"),
+    # Ablation of the student recipe: the previous students (BERT's own [CLS]-pooler head,
+    # one learning rate of 3e-4), the same teacher and word-swap counterfactuals.
+    "sst2-cls-student": (
+        ["student.pooling=native", "student.head_lr=null", "student.lr=3.0e-4"],
+        "sst2",
+    ),
     "imdb-llm": (
         [
             "data.task=imdb",
