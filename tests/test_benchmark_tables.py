@@ -43,3 +43,65 @@ def test_render_names_each_data_sets_command_and_the_ceiling():
     assert "| all | teacher (ceiling, full train split) | 1 | 0.900 |" in md
     assert "kd+cod@k=8: -5.0" in md
     assert "2 (50%)" in md
+
+
+def test_decode_ceiling_times_the_models_own_matmul_shapes(tmp_path):
+    import json
+
+    from benchmarks.throughput import decode_matmul_ceiling
+
+    cfg = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 1000,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    rows = decode_matmul_ceiling(str(tmp_path), [1, 8], reps=1)
+    assert [r["batch_size"] for r in rows] == [1, 8]
+    # Per layer q, o (64x64), k, v (64x32: 2 of 4 heads), gate, up, down (64x128); LM head.
+    per_token = 2 * (2 * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128) + 64 * 1000)
+    for r in rows:
+        assert abs(r["flops_per_s"] * r["step_s"] - per_token * r["batch_size"]) < 1e-3 * per_token
+        assert r["tokens_per_s"] == r["batch_size"] / r["step_s"]
+
+
+def test_throughput_report_shows_pool_runs_against_the_decode_ceiling():
+    from benchmarks.throughput_report import render_md
+
+    seq = {"dtype": "float32", "prompts": 2, "generated_tokens": 20, "seconds": 2.0}
+    res = {
+        "command": "python -m benchmarks.throughput --quick",
+        "date": "d",
+        "machine": {"cpus": 2, "memory_gb": 1, "platform": "p", "torch": "t", "load_avg_at_start": []},
+        "headline": {"line": "x", "pool_vs_sequential": 10.0, "roofline_pct": 5.0, "train_overhead_pct": 1.0},
+        "roofline": {
+            "fp32": 1e11,
+            "bf16": 1e11,
+            "tokens_per_s": 1000.0,
+            "decode_ceiling": [
+                {"batch_size": 1, "step_s": 0.02, "tokens_per_s": 50.0, "flops_per_s": 1e10},
+                {"batch_size": 64, "step_s": 0.2, "tokens_per_s": 320.0, "flops_per_s": 1e11},
+            ],
+        },
+        "generation": {
+            "sequential": seq | {"tokens_per_s": 10.0, "params": 1e8},
+            "pool": [
+                {
+                    "startup_s": 1.0,
+                    "runs": [
+                        {"replicas": 1, "batch_size": 64, "prompts": 64, "generated_tokens": 1000,
+                         "seconds": 10.0, "tokens_per_s": 100.0}
+                    ],
+                }
+            ],
+        },
+        "training": {"workloads": []},
+    }  # fmt: skip
+    md = render_md(res)
+    # 100 tok/s at batch 64 against a 320 tok/s ceiling; the loop's 10 against 50 at batch 1.
+    assert "| 100.0 | 10.0 | 10.0 | 31 |" in md
+    assert "| 10.0 | 1.0 | 1.0 | 20 |" in md
+    assert "| 64 | 0.2000 | 100 | 320 | 32 |" in md
