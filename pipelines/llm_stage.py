@@ -1,40 +1,32 @@
 """Ray Data stage: send each row's chat `messages` to the teacher pool, keep the answers.
 
-`chat_stage` is built on `ray.data.llm` (`build_processor` + `HttpRequestProcessorConfig`)
-against any OpenAI-compatible endpoint (the teacher pool's `Endpoint`). Two properties of
-the stock HTTP stage in Ray 2.60 do not fit a long generation job, so the processor is
-given its own `session_factory` (a documented field of `HttpRequestProcessorConfig`):
+`chat_stage` is a plain Ray Data `map_batches` task around the async client below
+(`chat_results`: httpx + asyncio, retries with backoff on connection errors, timeouts and
+408/429/502/503/504) against any OpenAI-compatible endpoint (the teacher pool's
+`Endpoint`). A batch's requests are all in flight at once, so the server (vLLM, or the hf
+backend's `@serve.batch`) batches them; a request that still fails, or whose answer is
+malformed, comes back as a row with empty `candidates` and `llm_error` set: one bad row
+never costs the job.
 
-1. The stock stage raises (and so fails the whole Dataset) when a request still fails after
-   `max_retries` (connection refused, timeouts), and when a response body is not JSON
-   (e.g. a proxy's plain-text 500). Here one bad row must not cost the job: it comes back
-   with empty `candidates` and `llm_error` set.
-2. The stock stage creates all requests of a batch first but awaits them one after
-   another, so only one request is in flight per batch and the server (vLLM, or the hf
-   backend's `@serve.batch`) never gets anything to batch. Our session starts each
-   request as a task the moment the stage calls `post`, so a batch's requests run
-   concurrently (bounded by a semaphore of `batch_size`).
+Why not `ray.data.llm`'s HTTP processor (what this stage used before): it starts an actor
+and its map stages anew for every dataset execution, a fixed ~1.9 s per generation round
+here against 0.07 s for a plain map (`benchmarks/results/pool_paths.md`); in Ray 2.60 it
+also awaited a batch's requests one at a time and failed the whole Dataset on one
+unreachable request, which needed a custom session to work around.
 
-`SafeSessionFactory` therefore retries itself (connection errors, timeouts, 408/429/
-502/503/504, exponential backoff) and always hands the stage a 200 "envelope"
-`{"status", "body", "error"}` with the raw body as a string. Keeping the body a string
-also keeps the Arrow schema of `http_response` fixed whatever the server returns; the
-postprocess parses it as untrusted JSON (`parse_chat_response`).
-
-`chat_sync` is the same request/parse logic without Ray (plain httpx + asyncio), for
-tests, benchmarks and small jobs.
+`chat_sync` is the same request/parse logic without Ray, for tests, benchmarks and small
+jobs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import re
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -45,8 +37,6 @@ logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 429, 502, 503, 504})
 MAX_ERROR_CHARS = 500
-# Columns the processor adds to the row while it runs; they must not exist in the input.
-_INTERNAL = ("payload", "http_response", "_llm_input_error")
 
 
 @dataclass
@@ -208,143 +198,6 @@ def parse_http_result(status: int | None, body: str | bytes | None, error: str =
     return parse_chat_response(obj)
 
 
-def parse_envelope(env: Any) -> ChatResult:
-    """The `http_response` of our session (`{"status", "body", "error"}`) → result."""
-    if not isinstance(env, Mapping):
-        return ChatResult([], 0, f"malformed transport result ({type(env).__name__})")
-    status = env.get("status")
-    try:
-        status = int(status) if status is not None else None
-    except (TypeError, ValueError):
-        status = None
-    return parse_http_result(status, env.get("body"), str(env.get("error") or ""))
-
-
-# ------------------------------------------------------- aiohttp session for Ray Data
-
-
-class _Envelope:
-    """What the Ray Data HTTP stage sees as a response: always 200, JSON = envelope."""
-
-    status = 200
-    reason = "OK"
-
-    def __init__(self, status: int | None, body: str, error: str) -> None:
-        self._json = {"status": int(status or 0), "body": body, "error": error}
-
-    async def __aenter__(self) -> _Envelope:
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        return None
-
-    async def json(self, **_kw: Any) -> dict[str, Any]:
-        return self._json
-
-
-class _SafeSession:
-    def __init__(self, factory: SafeSessionFactory) -> None:
-        self._f = factory
-        self._session: Any = None
-        self._sem: asyncio.Semaphore | None = None
-        self._tasks: list[asyncio.Task] = []
-
-    async def __aenter__(self) -> _SafeSession:
-        import aiohttp
-
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self._f.timeout_s)
-        )
-        self._sem = asyncio.Semaphore(self._f.max_in_flight)
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        for t in self._tasks:
-            if not t.done():
-                t.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._session.close()
-
-    def post(self, url: str, *, headers: Any = None, data: Any = None, **_kw: Any) -> asyncio.Task:
-        # Start now: the stage awaits requests one by one, we want them all in flight.
-        task = asyncio.ensure_future(self._post(url, headers, data))
-        self._tasks.append(task)
-        return task
-
-    async def _post(self, url: str, headers: Any, data: Any) -> _Envelope:
-        f = self._f
-        last = ""
-        attempts = f.max_retries + 1
-        for attempt in range(attempts):
-            if attempt:
-                await asyncio.sleep(f.retry_wait_s * 2 ** (attempt - 1))
-            try:
-                async with self._sem, self._session.post(url, headers=headers, data=data) as r:
-                    status = r.status
-                    raw = await r.read()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # connection refused/reset, timeout, bad payload...
-                last = f"{type(e).__name__}: {e}".rstrip(": ")
-                continue
-            body = raw[: f.max_body_bytes].decode("utf-8", errors="replace")
-            if status in RETRYABLE_STATUS and attempt + 1 < attempts:
-                last = f"HTTP {status}"
-                continue
-            return _Envelope(status, body, "")
-        return _Envelope(0, "", f"request to {url} failed after {attempts} attempt(s): {last}")
-
-
-@dataclass
-class SafeSessionFactory:
-    """`session_factory` for `HttpRequestProcessorConfig` (picklable: it goes to actors)."""
-
-    timeout_s: float = 600.0
-    max_in_flight: int = 32
-    max_retries: int = 2
-    retry_wait_s: float = 1.0
-    max_body_bytes: int = 4_000_000
-
-    def __call__(self) -> _SafeSession:
-        return _SafeSession(self)
-
-
-# ------------------------------------------------------------------ Ray Data stage
-
-
-def _preprocess(row: dict[str, Any], *, model: str, sampling: dict[str, Any]) -> dict[str, Any]:
-    try:
-        messages = normalize_messages(row.get("messages"))
-        err = ""
-    except ValueError as e:
-        # Still send a (well-formed, tiny) request so the row flows through the stage;
-        # the postprocess reports this error instead of the answer.
-        messages = [{"role": "user", "content": ""}]
-        err = f"bad input row: {e}"
-    payload = build_payload(model, messages, Sampling(**sampling))
-    if err:
-        payload["max_tokens"] = 1
-        payload["n"] = 1
-    return {"payload": payload, "_llm_input_error": err}
-
-
-def _postprocess(row: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in row.items() if k not in _INTERNAL}
-    input_error = row.get("_llm_input_error") or ""
-    if input_error:
-        res = ChatResult([], 0, str(input_error))
-    else:
-        try:
-            res = parse_envelope(row.get("http_response"))
-        except Exception as e:  # belt and braces: parsing must never fail the job
-            res = ChatResult([], 0, f"could not parse response: {type(e).__name__}: {e}")
-    out["candidates"] = [str(c) for c in res.candidates]
-    out["generated_tokens"] = int(res.generated_tokens)
-    out["llm_error"] = res.error
-    return out
-
-
 def chat_stage(
     ds: ray.data.Dataset,
     endpoint: Endpoint,
@@ -358,44 +211,62 @@ def chat_stage(
 ) -> ray.data.Dataset:
     """Rows with `messages` → the same rows plus `candidates`, `generated_tokens`, `llm_error`.
 
-    `batch_size` rows go to one HTTP actor call and their requests are in flight together
-    (the server batches them); `concurrency` is the number of HTTP actors. A row whose
-    request fails (after `max_retries` retries) or whose response is malformed comes back
-    with `candidates == []` and `llm_error` set; it is never dropped and never raises.
-    The input must not have columns named payload, http_response or _llm_input_error.
+    `batch_size` rows go to one task and their requests are in flight together (the
+    server batches them); `concurrency` tasks run at once. A row whose request fails
+    (after `max_retries` retries) or whose response is malformed comes back with
+    `candidates == []` and `llm_error` set; it is never dropped and never raises. Columns
+    of those three names in the input are replaced.
     """
-    from ray.data.llm import HttpRequestProcessorConfig, build_processor
+    import ray.data
 
-    schema = ds.schema(fetch_if_missing=False)
-    names = list(getattr(schema, "names", None) or [])
-    clash = [c for c in (*_INTERNAL, "__data") if c in names]
-    if clash:
-        raise ValueError(f"chat_stage: input columns {clash} are reserved; rename them")
-
-    config = HttpRequestProcessorConfig(
-        url=endpoint.chat_url,
-        headers=dict(endpoint.headers) or None,
+    return ds.map_batches(
+        _ChatBatch(endpoint, sampling, int(batch_size), float(timeout_s), int(max_retries)),
         batch_size=int(batch_size),
-        concurrency=int(concurrency),
-        # Retries happen inside SafeSessionFactory (the stage's own retry loop raises
-        # once they are used up); see the module docstring.
-        max_retries=0,
-        session_factory=SafeSessionFactory(
-            timeout_s=float(timeout_s),
-            max_in_flight=max(1, int(batch_size)),
-            max_retries=max(0, int(max_retries)),
-        ),
-        http_request_stage=dict(num_cpus=num_cpus),
+        batch_format="pyarrow",
+        num_cpus=num_cpus,
+        compute=ray.data.TaskPoolStrategy(size=max(1, int(concurrency))),
     )
-    light = dict(num_cpus=min(num_cpus, 0.25) or 0.1)
-    processor = build_processor(
-        config,
-        preprocess=functools.partial(_preprocess, model=endpoint.model, sampling=asdict(sampling)),
-        postprocess=_postprocess,
-        preprocess_map_kwargs=light,
-        postprocess_map_kwargs=light,
-    )
-    return processor(ds)
+
+
+_OUT_COLUMNS = ("candidates", "generated_tokens", "llm_error")
+
+
+@dataclass
+class _ChatBatch:
+    """One Ray Data batch → its chat answers (picklable: it travels to the task)."""
+
+    endpoint: Any
+    sampling: Sampling
+    max_in_flight: int
+    timeout_s: float
+    max_retries: int
+
+    def __call__(self, table: Any) -> Any:
+        import pyarrow as pa
+
+        if "messages" not in table.column_names:
+            raise ValueError(
+                f"chat_stage: rows need a `messages` column; got columns {table.column_names}"
+            )
+        results = chat_results(
+            self.endpoint,
+            table.column("messages").to_pylist(),
+            self.sampling,
+            self.max_in_flight,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+        )
+        table = table.drop_columns([c for c in _OUT_COLUMNS if c in table.column_names])
+        cols = {
+            "candidates": pa.array(
+                [[str(c) for c in r.candidates] for r in results], type=pa.list_(pa.string())
+            ),
+            "generated_tokens": pa.array([int(r.generated_tokens) for r in results], pa.int64()),
+            "llm_error": pa.array([str(r.error) for r in results], pa.string()),
+        }
+        for name, col in cols.items():
+            table = table.append_column(name, col)
+        return table
 
 
 # ----------------------------------------------------------------- without Ray

@@ -25,7 +25,6 @@ from raydistill.pipelines.llm_stage import (
     chat_sync,
     normalize_messages,
     parse_chat_response,
-    parse_envelope,
     parse_http_result,
 )
 from raydistill.serving.teacher_pool import (
@@ -238,7 +237,7 @@ def test_parse_chat_response_untrusted(obj, cands, tokens, err):
         assert res.error == ""
 
 
-def test_parse_http_result_and_envelope():
+def test_parse_http_result():
     ok = json.dumps(GOOD)
     assert parse_http_result(200, ok) == ChatResult(["a", "b"], 7, "")
     assert parse_http_result(200, ok.encode()) == ChatResult(["a", "b"], 7, "")
@@ -256,11 +255,6 @@ def test_parse_http_result_and_envelope():
         parse_http_result(500, colour).error
         == "HTTP 500: original exception: ray::ServeReplica boom"
     )
-    # the envelope our Ray Data session produces
-    assert parse_envelope({"status": 200, "body": ok, "error": ""}).candidates == ["a", "b"]
-    assert "refused" in parse_envelope({"status": 0, "body": "", "error": "refused"}).error
-    assert parse_envelope({"status": "x", "body": ok, "error": ""}).error.startswith("HTTP None")
-    assert "malformed transport" in parse_envelope(None).error
 
 
 def test_normalize_messages_and_payload():
@@ -499,6 +493,26 @@ def test_chat_stage_unreachable_endpoint_keeps_rows(ray_cluster):
         assert list(o["candidates"]) == []
         assert o["generated_tokens"] == 0
         assert "failed after 2 attempt(s)" in o["llm_error"]
+
+
+@pytest.mark.ray
+def test_chat_stage_bad_rows_are_kept_and_named_and_old_answers_replaced(ray_cluster):
+    import ray
+
+    rows = _rows(3)
+    for r in rows:
+        r["candidates"] = ["stale answer"]  # e.g. a previous round's column
+    rows[1]["messages"] = [{"role": "user", "content": None}]
+    out = chat_stage(
+        ray.data.from_items(rows), _dead_endpoint(), Sampling(n=1), batch_size=3, max_retries=0
+    ).take_all()
+    assert len(out) == 3
+    by_id = {o["id"]: o for o in out}
+    assert "bad input row: messages[0] has a null role or content" in by_id["r1"]["llm_error"]
+    for o in out:
+        assert list(o["candidates"]) == []
+        assert o["llm_error"]
+    assert "failed after 1 attempt(s)" in by_id["r0"]["llm_error"]
 
 
 # ================================================================ integration: vLLM
