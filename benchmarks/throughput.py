@@ -108,6 +108,20 @@ def decode_matmul_ceiling(model_dir: str, batch_sizes: list[int], reps: int = 3)
     return out
 
 
+def use_best_peak(roof: dict[str, Any], params: float) -> None:
+    """The roofline's peak is the best matmul rate measured in the run.
+
+    A single timing of one square matmul on a shared 2-core machine can come out below
+    what the decode-shape matmuls reach minutes later; a peak below a measured rate would
+    flatter every fraction of it.
+    """
+    best = max([roof["peak"], *(c["flops_per_s"] for c in roof.get("decode_ceiling") or [])])
+    if best > roof["peak"]:
+        roof["peak_square"] = roof["peak"]
+        roof["peak"] = best
+    roof["tokens_per_s"] = roof["peak"] / (2 * params)
+
+
 # ------------------------------------------------------------------ generation
 
 
@@ -418,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     roof["tokens_per_s"] = roof["peak"] / (2 * seq["params"])
     with sw.stage("decode_ceiling"):
         roof["decode_ceiling"] = decode_matmul_ceiling(model_dir, [1, *batch_sizes])
+    use_best_peak(roof, seq["params"])
     for c in roof["decode_ceiling"]:
         print(
             f"  decode matmuls at batch {c['batch_size']}: {c['tokens_per_s']:.0f} tok/s ceiling "

@@ -50,7 +50,13 @@ def render_md(res: dict[str, Any]) -> str:
     lines += [
         f"Peak matmul: fp32 {roof['fp32'] / 1e9:.0f} GFLOP/s, bf16 {roof['bf16'] / 1e9:.0f} "
         f"GFLOP/s → roofline {roof['tokens_per_s']:.0f} tok/s for {g['sequential']['params'] / 1e6:.0f}M "
-        "params (2·params FLOPs per token).",
+        "params (2·params FLOPs per token)."
+        + (
+            f" The decode-shape matmuls below ran faster than the square one in this run, "
+            f"so the peak is theirs: {roof['peak'] / 1e9:.0f} GFLOP/s."
+            if roof.get("peak_square")
+            else ""
+        ),
         "",
     ]
     ceiling = {c["batch_size"]: c for c in roof.get("decode_ceiling") or []}

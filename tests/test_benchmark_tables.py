@@ -105,3 +105,15 @@ def test_throughput_report_shows_pool_runs_against_the_decode_ceiling():
     assert "| 100.0 | 10.0 | 10.0 | 31 |" in md
     assert "| 10.0 | 1.0 | 1.0 | 20 |" in md
     assert "| 64 | 0.2000 | 100 | 320 | 32 |" in md
+
+
+def test_roofline_peak_is_the_best_rate_measured():
+    from benchmarks.throughput import use_best_peak
+
+    roof = {"peak": 100e9, "decode_ceiling": [{"flops_per_s": 80e9}, {"flops_per_s": 120e9}]}
+    use_best_peak(roof, params=1e9)
+    assert roof["peak"] == 120e9 and roof["peak_square"] == 100e9
+    assert roof["tokens_per_s"] == 60.0
+    roof = {"peak": 200e9, "decode_ceiling": [{"flops_per_s": 120e9}]}
+    use_best_peak(roof, params=1e9)
+    assert roof["peak"] == 200e9 and "peak_square" not in roof and roof["tokens_per_s"] == 100.0
