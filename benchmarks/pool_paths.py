@@ -19,7 +19,8 @@ import os
 import time
 from typing import Any
 
-from benchmarks.throughput import RESULTS, cod_prompts, machine
+from benchmarks.generation_throughput import cod_prompts
+from benchmarks.throughput import RESULTS, machine
 
 
 async def _via_handle(handle, model: str, prompts, max_tokens: int) -> int:

@@ -31,7 +31,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.throughput_report import render_md
+from benchmarks.generation_throughput import (
+    cod_prompts,
+    decode_matmul_ceiling,
+    engine_generation,
+    peak_matmul_flops,
+    pool_generation,
+    sequential_generation,
+    use_best_peak,
+)
+from benchmarks.throughput_report import plot, render_md
 from benchmarks.train_throughput import (
     Workload,
     plain_torch_training,
@@ -40,285 +49,6 @@ from benchmarks.train_throughput import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-# ------------------------------------------------------------------ roofline
-
-
-def peak_matmul_flops(n: int = 2048, reps: int = 5) -> dict[str, float]:
-    """Best achieved FLOP/s of a square matmul in fp32 and bf16 on all cores."""
-    import torch
-
-    out = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a = torch.randn(n, n, dtype=dtype)
-        b = torch.randn(n, n, dtype=dtype)
-        torch.matmul(a, b)  # warm-up (thread pool, kernels)
-        best = float("inf")
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            torch.matmul(a, b)
-            best = min(best, time.perf_counter() - t0)
-        out[name] = 2 * n**3 / best
-    out["peak"] = max(out["fp32"], out["bf16"])
-    return out
-
-
-def decode_matmul_ceiling(model_dir: str, batch_sizes: list[int], reps: int = 3) -> list[dict]:
-    """Tokens/s one decode step's weight matmuls allow at each batch size, in bf16.
-
-    The peak-FLOP/s roofline assumes square 2048-wide matmuls; a decode step of a 576-wide
-    model multiplies (batch × 576) by (576 × 192 … 49152) matrices, which run far below
-    peak on a CPU. Timing exactly those products (q, k, v, o, gate, up, down per layer and
-    the tied LM head) gives the ceiling any engine could reach here before attention,
-    sampling and scheduling: the diagnosis for a low roofline fraction.
-    """
-    import torch
-
-    cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    h, inter = cfg["hidden_size"], cfg["intermediate_size"]
-    heads, kv = (
-        cfg["num_attention_heads"],
-        cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
-    )
-    kv_w = h // heads * kv
-    layer = [(h, h), (h, kv_w), (h, kv_w), (h, h), (h, inter), (h, inter), (inter, h)]
-    shapes = layer * cfg["num_hidden_layers"] + [(h, cfg["vocab_size"])]
-    weights = {s: torch.randn(*s, dtype=torch.bfloat16) for s in set(shapes)}
-    out = []
-    for bs in batch_sizes:
-        xs = {k: torch.randn(bs, k, dtype=torch.bfloat16) for k in {s[0] for s in shapes}}
-        for s in shapes:  # warm-up
-            xs[s[0]] @ weights[s]
-        best = float("inf")
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            for s in shapes:
-                xs[s[0]] @ weights[s]
-            best = min(best, time.perf_counter() - t0)
-        flops = 2 * bs * sum(a * b for a, b in shapes)
-        out.append(
-            {
-                "batch_size": bs,
-                "step_s": best,
-                "tokens_per_s": bs / best,
-                "flops_per_s": flops / best,
-            }
-        )
-    return out
-
-
-def use_best_peak(roof: dict[str, Any], params: float) -> None:
-    """The roofline's peak is the best matmul rate measured in the run.
-
-    A single timing of one square matmul on a shared 2-core machine can come out below
-    what the decode-shape matmuls reach minutes later; a peak below a measured rate would
-    flatter every fraction of it.
-    """
-    best = max([roof["peak"], *(c["flops_per_s"] for c in roof.get("decode_ceiling") or [])])
-    if best > roof["peak"]:
-        roof["peak_square"] = roof["peak"]
-        roof["peak"] = best
-    roof["tokens_per_s"] = roof["peak"] / (2 * params)
-
-
-# ------------------------------------------------------------------ generation
-
-
-def cod_prompts(n: int, seed: int = 0) -> list[list[dict[str, str]]]:
-    """Real counterfactual prompts on SST-2 training sentences (the job's workload)."""
-    import random
-
-    from raydistill.pipelines.datasets import load_split
-    from raydistill.pipelines.prompts import counterfactual_messages
-    from raydistill.pipelines.tasks import get_task
-
-    from raydistill.config import DataConfig
-
-    spec = get_task("sst2")
-    rows = load_split(DataConfig(task="sst2"), "train")
-    rng = random.Random(seed)
-    picked = rng.sample(rows, n)
-    out = []
-    for r in picked:
-        src = spec.label_names[int(r["label"])]
-        tgt = spec.label_names[1 - int(r["label"])]
-        out.append(counterfactual_messages(spec, r["text"], src, tgt))
-    return out
-
-
-def sequential_generation(
-    model_dir: str, prompts, max_new_tokens: int, dtype: str = "float32"
-) -> dict[str, Any]:
-    """One prompt at a time through `model.generate` (all cores)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).eval()
-    params = sum(p.numel() for p in model.parameters())
-    tokens, t_total = 0, 0.0
-    torch.manual_seed(0)
-    for i, messages in enumerate([prompts[0], *prompts]):  # first call is a warm-up
-        ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-        if not isinstance(ids, torch.Tensor):  # some versions return a BatchEncoding
-            ids = ids["input_ids"]
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            out = model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=True,
-                temperature=0.9,
-                top_p=0.95,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tok.pad_token_id or tok.eos_token_id,
-            )
-        dt = time.perf_counter() - t0
-        if i == 0:
-            continue
-        tokens += int(out.shape[1] - ids.shape[1])
-        t_total += dt
-    return {
-        "dtype": dtype,
-        "prompts": len(prompts),
-        "generated_tokens": tokens,
-        "seconds": round(t_total, 2),
-        "tokens_per_s": tokens / t_total,
-        "params": params,
-    }
-
-
-def pool_generation(
-    model: str,
-    prompts,
-    max_new_tokens: int,
-    batch_sizes: list[int],
-    replicas: int,
-    port: int,
-) -> dict[str, Any]:
-    """Start the vLLM teacher pool and stream the prompts through it with Ray Data."""
-    import ray
-    from raydistill.pipelines.llm_stage import Sampling, chat_stage
-    from raydistill.serving.teacher_pool import make_pool
-
-    from raydistill.config import PoolConfig
-
-    cfg = PoolConfig(
-        backend="vllm",
-        model=model,
-        min_replicas=replicas,
-        max_replicas=replicas,
-        http_port=port,
-    )
-    pool = make_pool(cfg)
-    t0 = time.perf_counter()
-    endpoint = pool.start()
-    startup = time.perf_counter() - t0
-    runs = []
-    try:
-        sampling = Sampling(n=1, temperature=0.9, top_p=0.95, max_tokens=max_new_tokens)
-        # Warm-up: one untimed pass over the whole prompt set at the largest batch. The
-        # first large batch a fresh engine sees pays for lazy allocations (KV blocks,
-        # kernels for new shapes): measured 105 tok/s cold vs 177 warm for the same 64
-        # requests. Every later round of a job runs warm, so the rates below are
-        # steady-state; the cold pass is reported beside them.
-        t1 = time.perf_counter()
-        rows = chat_stage(
-            ray.data.from_items([{"messages": m} for m in prompts]),
-            endpoint,
-            sampling,
-            batch_size=max(batch_sizes),
-        ).take_all()
-        cold_s = time.perf_counter() - t1
-        cold_tokens = int(sum(int(r["generated_tokens"] or 0) for r in rows))
-        for bs in batch_sizes:
-            ds = ray.data.from_items([{"messages": m} for m in prompts])
-            t1 = time.perf_counter()
-            rows = chat_stage(ds, endpoint, sampling, batch_size=bs).take_all()
-            dt = time.perf_counter() - t1
-            errors = [r["llm_error"] for r in rows if r.get("llm_error")]
-            tokens = int(sum(int(r["generated_tokens"] or 0) for r in rows))
-            runs.append(
-                {
-                    "replicas": replicas,
-                    "batch_size": bs,
-                    "prompts": len(rows),
-                    "generated_tokens": tokens,
-                    "seconds": round(dt, 2),
-                    "tokens_per_s": tokens / dt,
-                    "failed_requests": len(errors),
-                    "first_error": errors[0] if errors else None,
-                }
-            )
-            print(
-                f"  pool replicas={replicas} batch={bs}: {tokens} tokens in {dt:.1f}s "
-                f"= {tokens / dt:.0f} tok/s ({len(errors)} failed)",
-                flush=True,
-            )
-    finally:
-        pool.shutdown()
-    return {
-        "startup_s": round(startup, 1),
-        "cold": {
-            "batch_size": max(batch_sizes),
-            "prompts": len(prompts),
-            "generated_tokens": cold_tokens,
-            "seconds": round(cold_s, 2),
-            "tokens_per_s": cold_tokens / cold_s,
-        },
-        "runs": runs,
-    }
-
-
-def engine_generation(model: str, n_prompts: int, max_new_tokens: int, batch_sizes: list[int]):
-    """The vLLM engine in-process (`vllm.LLM.chat`, no Serve, no HTTP), same settings as
-    the pool's CPU defaults: how much of the pool's time goes to serving rather than to
-    the engine. Runs in a child process so the engine's memory is returned afterwards."""
-    import subprocess
-
-    cmd = [
-        sys.executable, "-m", "benchmarks.throughput", "--engine-only", "--model", model,
-        "--engine-args", json.dumps({"n": n_prompts, "max_new": max_new_tokens, "bs": batch_sizes}),
-    ]  # fmt: skip
-    env = dict(os.environ, VLLM_CPU_NUM_OF_RESERVED_CPU="0")
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    for line in reversed(out.stdout.splitlines()):
-        if line.startswith("ENGINE_RESULT "):
-            return json.loads(line[len("ENGINE_RESULT ") :])
-    raise RuntimeError(f"in-process engine run failed: {out.stderr[-2000:]}")
-
-
-def _engine_only(model: str, args: dict[str, Any]) -> None:
-    from raydistill.serving.teacher_pool import CPU_ENGINE_DEFAULTS
-    from vllm import LLM, SamplingParams
-
-    from raydistill.registry import resolve_model
-
-    prompts = cod_prompts(args["n"])
-    t0 = time.perf_counter()
-    llm = LLM(
-        model=resolve_model(model),
-        dtype="bfloat16",
-        max_model_len=1024,
-        gpu_memory_utilization=0.1,
-        **CPU_ENGINE_DEFAULTS,
-    )
-    startup = time.perf_counter() - t0
-    sp = SamplingParams(n=1, temperature=0.9, top_p=0.95, max_tokens=args["max_new"])
-    llm.chat(prompts[: max(args["bs"])], sp, use_tqdm=False)  # warm-up at the largest batch
-    runs = []
-    for bs in args["bs"]:
-        t1, tokens = time.perf_counter(), 0
-        for i in range(0, len(prompts), bs):
-            outs = llm.chat(prompts[i : i + bs], sp, use_tqdm=False)
-            tokens += sum(len(o.outputs[0].token_ids) for o in outs)
-        dt = time.perf_counter() - t1
-        runs.append(
-            {"batch_size": bs, "prompts": len(prompts), "generated_tokens": tokens, "seconds": round(dt, 2),
-             "tokens_per_s": tokens / dt}
-        )  # fmt: skip
-    print("ENGINE_RESULT " + json.dumps({"startup_s": round(startup, 1), "runs": runs}), flush=True)
 
 
 # ------------------------------------------------------------------ driver
@@ -344,61 +74,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-def plot(res: dict[str, Any], path: Path) -> None:
-    """Generation tok/s against batch size per path, and training samples/s per path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    g = res["generation"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for p in g["pool"]:
-        runs = sorted(p["runs"], key=lambda r: r["batch_size"])
-        if runs:
-            ax1.plot(
-                [r["batch_size"] for r in runs],
-                [r["tokens_per_s"] for r in runs],
-                "o-",
-                label=f"pool via Ray Data, {runs[0]['replicas']} replica(s)",
-            )
-    eng = g.get("engine_in_process")
-    if eng:
-        runs = sorted(eng["runs"], key=lambda r: r["batch_size"])
-        ax1.plot(
-            [r["batch_size"] for r in runs],
-            [r["tokens_per_s"] for r in runs],
-            "s--",
-            label="vLLM engine in-process",
-        )
-    seq = g["sequential"]["tokens_per_s"]
-    ax1.axhline(seq, color="grey", ls=":", label=f"one-request loop ({seq:.1f})")
-    ax1.axhline(10 * seq, color="red", ls=":", label="10× the loop (target)")
-    ax1.set_xscale("log", base=2)
-    ax1.set_xlabel("requests in flight (batch)")
-    ax1.set_ylabel("generated tokens/s")
-    ax1.set_title("Teacher generation, SmolLM2-135M")
-    ax1.legend(fontsize=8)
-    labels, rates = [], []
-    for shape in res["training"]["workloads"]:
-        p0 = shape["plain"]
-        labels.append(f"{shape['workload']}\nplain")
-        rates.append(p0.get("step_samples_per_s", p0["samples_per_s"]))
-        for r in shape["ray"]:
-            labels.append(f"{shape['workload']}\nZ{r['zero_stage']} w{r['workers']}")
-            rates.append(r.get("step_samples_per_s", r["samples_per_s"]))
-    ax2.bar(range(len(rates)), rates, color="tab:blue")
-    ax2.set_xticks(range(len(rates)), labels, fontsize=7)
-    ax2.set_ylabel("samples/s (training steps)")
-    ax2.set_title(
-        "Training: plain PyTorch vs Ray Train + DeepSpeed (Z = ZeRO stage, w = workers)", fontsize=9
-    )
-    fig.suptitle(res["command"], fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def _write_md(base: str, res: dict[str, Any]) -> None:
     plot(res, RESULTS / f"{base}.png")
     md = render_md(res).replace(
@@ -419,8 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--e2e-report", default="runs/sst2-cod/report.json")
     ap.add_argument("--out", default=None, help="results basename (default: throughput[_quick])")
     ap.add_argument("--port", type=int, default=8011)
-    ap.add_argument("--engine-only", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--engine-args", default="{}", help=argparse.SUPPRESS)
     ap.add_argument(
         "--render-only",
         action="store_true",
@@ -431,9 +104,6 @@ def main(argv: list[str] | None = None) -> int:
         base = args.out or ("throughput_quick" if args.quick else "throughput")
         res = json.loads((RESULTS / f"{base}.json").read_text())
         _write_md(base, res)
-        return 0
-    if args.engine_only:
-        _engine_only(args.model, json.loads(args.engine_args))
         return 0
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

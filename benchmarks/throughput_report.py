@@ -7,6 +7,7 @@ print(render_md(json.load(open('benchmarks/results/throughput.json'))))"
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -230,3 +231,58 @@ def render_md(res: dict[str, Any]) -> str:
     if res.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in res["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def plot(res: dict[str, Any], path: Path) -> None:
+    """Generation tok/s against batch size per path, and training samples/s per path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = res["generation"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for p in g["pool"]:
+        runs = sorted(p["runs"], key=lambda r: r["batch_size"])
+        if runs:
+            ax1.plot(
+                [r["batch_size"] for r in runs],
+                [r["tokens_per_s"] for r in runs],
+                "o-",
+                label=f"pool via Ray Data, {runs[0]['replicas']} replica(s)",
+            )
+    eng = g.get("engine_in_process")
+    if eng:
+        runs = sorted(eng["runs"], key=lambda r: r["batch_size"])
+        ax1.plot(
+            [r["batch_size"] for r in runs],
+            [r["tokens_per_s"] for r in runs],
+            "s--",
+            label="vLLM engine in-process",
+        )
+    seq = g["sequential"]["tokens_per_s"]
+    ax1.axhline(seq, color="grey", ls=":", label=f"one-request loop ({seq:.1f})")
+    ax1.axhline(10 * seq, color="red", ls=":", label="10× the loop (target)")
+    ax1.set_xscale("log", base=2)
+    ax1.set_xlabel("requests in flight (batch)")
+    ax1.set_ylabel("generated tokens/s")
+    ax1.set_title("Teacher generation, SmolLM2-135M")
+    ax1.legend(fontsize=8)
+    labels, rates = [], []
+    for shape in res["training"]["workloads"]:
+        p0 = shape["plain"]
+        labels.append(f"{shape['workload']}\nplain")
+        rates.append(p0.get("step_samples_per_s", p0["samples_per_s"]))
+        for r in shape["ray"]:
+            labels.append(f"{shape['workload']}\nZ{r['zero_stage']} w{r['workers']}")
+            rates.append(r.get("step_samples_per_s", r["samples_per_s"]))
+    ax2.bar(range(len(rates)), rates, color="tab:blue")
+    ax2.set_xticks(range(len(rates)), labels, fontsize=7)
+    ax2.set_ylabel("samples/s (training steps)")
+    ax2.set_title(
+        "Training: plain PyTorch vs Ray Train + DeepSpeed (Z = ZeRO stage, w = workers)", fontsize=9
+    )
+    fig.suptitle(res["command"], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -48,7 +48,7 @@ def test_render_names_each_data_sets_command_and_the_ceiling():
 def test_decode_ceiling_times_the_models_own_matmul_shapes(tmp_path):
     import json
 
-    from benchmarks.throughput import decode_matmul_ceiling
+    from benchmarks.generation_throughput import decode_matmul_ceiling
 
     cfg = {
         "hidden_size": 64,
@@ -108,7 +108,7 @@ def test_throughput_report_shows_pool_runs_against_the_decode_ceiling():
 
 
 def test_roofline_peak_is_the_best_rate_measured():
-    from benchmarks.throughput import use_best_peak
+    from benchmarks.generation_throughput import use_best_peak
 
     roof = {"peak": 100e9, "decode_ceiling": [{"flops_per_s": 80e9}, {"flops_per_s": 120e9}]}
     use_best_peak(roof, params=1e9)
