@@ -157,7 +157,6 @@ def main(argv: list[str] | None = None) -> int:
         seq = max(seq_runs, key=lambda r: r["tokens_per_s"])
         for r in seq_runs:
             print(f"  sequential loop {r['dtype']}: {r['tokens_per_s']:.1f} tok/s", flush=True)
-    roof["tokens_per_s"] = roof["peak"] / (2 * seq["params"])
     with sw.stage("decode_ceiling"):
         roof["decode_ceiling"] = decode_matmul_ceiling(model_dir, [1, *batch_sizes])
     use_best_peak(roof, seq["params"])
