@@ -85,7 +85,6 @@ DATASETS = {
 
 def run_dataset(name: str, ks: list[int], seeds: list[int], methods: list[str], extra: list[str]):
     from raydistill.cluster.run import run
-
     from raydistill.config import load_config
 
     overrides, _ = DATASETS[name]

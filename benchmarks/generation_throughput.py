@@ -99,11 +99,10 @@ def cod_prompts(n: int, seed: int = 0) -> list[list[dict[str, str]]]:
     """Real counterfactual prompts on SST-2 training sentences (the job's workload)."""
     import random
 
+    from raydistill.config import DataConfig
     from raydistill.pipelines.datasets import load_split
     from raydistill.pipelines.prompts import counterfactual_messages
     from raydistill.pipelines.tasks import get_task
-
-    from raydistill.config import DataConfig
 
     spec = get_task("sst2")
     rows = load_split(DataConfig(task="sst2"), "train")
@@ -169,10 +168,10 @@ def pool_generation(
 ) -> dict[str, Any]:
     """Start the vLLM teacher pool and stream the prompts through it with Ray Data."""
     import ray
-    from raydistill.pipelines.llm_stage import Sampling, chat_stage
-    from raydistill.serving.teacher_pool import make_pool
 
     from raydistill.config import PoolConfig
+    from raydistill.pipelines.llm_stage import Sampling, chat_stage
+    from raydistill.serving.teacher_pool import make_pool
 
     cfg = PoolConfig(
         backend="vllm",
@@ -260,10 +259,10 @@ def engine_generation(model: str, n_prompts: int, max_new_tokens: int, batch_siz
 
 
 def _engine_only(model: str, args: dict[str, Any]) -> None:
-    from raydistill.serving.teacher_pool import CPU_ENGINE_DEFAULTS
     from vllm import LLM, SamplingParams
 
     from raydistill.registry import resolve_model
+    from raydistill.serving.teacher_pool import CPU_ENGINE_DEFAULTS
 
     prompts = cod_prompts(args["n"])
     t0 = time.perf_counter()

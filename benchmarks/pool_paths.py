@@ -56,11 +56,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
     from ray import serve
+
     from raydistill.cluster.runtime import ensure_ray
+    from raydistill.config import PoolConfig
     from raydistill.pipelines.llm_stage import Sampling, chat_results, chat_stage
     from raydistill.serving.teacher_pool import APP_NAME, make_pool
-
-    from raydistill.config import PoolConfig
 
     prompts = cod_prompts(args.prompts)
     ensure_ray()

@@ -160,10 +160,10 @@ def _numel(st, key: str) -> int:
 
 
 def _minilm_classifier(dest: Path, num_layers: int | None) -> str:
-    from raydistill.training.students import load_classifier
     from transformers import AutoTokenizer
 
     from raydistill.registry import resolve_minilm
+    from raydistill.training.students import load_classifier
 
     src = resolve_minilm()
     # The recipes' student shape (mean-pooled, first layers' weights kept).
@@ -374,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import ray
     from ray import serve
+
     from raydistill.serving.student_app import serve_students
 
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])

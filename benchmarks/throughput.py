@@ -109,9 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from raydistill.cluster.runtime import ensure_ray
-    from raydistill.cluster.stages import Stopwatch
-
     from raydistill.registry import cache_root, resolve_model
+    from raydistill.timing import Stopwatch
 
     quick = args.quick
     cores = os.cpu_count() or 2

@@ -15,11 +15,10 @@ def training_rows(n: int, teacher_dir: str, max_length: int, with_hidden: bool):
     """SST-2 rows with cached teacher logits (and hidden states for LWD)."""
     import random
 
+    from raydistill.config import DataConfig
     from raydistill.pipelines.datasets import load_split
     from raydistill.pipelines.soft_labels import TeacherAnnotator
     from raydistill.pipelines.tasks import get_task
-
-    from raydistill.config import DataConfig
 
     spec = get_task("sst2")
     rows = random.Random(1).sample(load_split(DataConfig(task="sst2"), "train"), n)
@@ -64,12 +63,13 @@ def plain_torch_training(w: Workload, *, threads: int, teacher_dir: str | None =
     """
     import numpy as np
     import torch
+    from transformers import AutoTokenizer
+
     from raydistill.training.classifier import Classifier
     from raydistill.training.evaluation import evaluate
     from raydistill.training.loop import _Batcher
     from raydistill.training.losses import distill_loss
     from raydistill.training.students import DistillStudent
-    from transformers import AutoTokenizer
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -164,11 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from raydistill.config import ConfigError
     from raydistill.pipelines.datasets import DataError
     from raydistill.pipelines.kshot import KShotError
     from raydistill.pipelines.tasks import UnknownTaskError
-
-    from raydistill.config import ConfigError
     from raydistill.registry import UnknownModelError
 
     try:

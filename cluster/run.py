@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from raydistill.cluster.stages import Stopwatch
-from raydistill.pipelines.tasks import TaskSpec, get_task
 
 from raydistill.config import RunConfig, stable_hash
+from raydistill.pipelines.tasks import TaskSpec, get_task
+from raydistill.timing import Stopwatch
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +111,9 @@ def prepare(cfg: RunConfig, sw: Stopwatch | None = None) -> Prepared:
             cache,
             storage_path=str((out / "ray_train").resolve()),
         )
-    from raydistill.training.pooled_classifier import register
     from transformers import AutoConfig
+
+    from raydistill.training.pooled_classifier import register
 
     register()  # the teacher may be a mean-pooled checkpoint
     tcfg = AutoConfig.from_pretrained(teacher_dir)
@@ -271,9 +272,9 @@ def generate_cached(
 def build_jobs(cfg: RunConfig, prep: Prepared) -> list[Any]:
     """One TrainJob per (method, k, seed), rows shipped once through the object store."""
     import ray
-    from raydistill.training.loop import TrainJob
 
     from raydistill.registry import resolve_model
+    from raydistill.training.loop import TrainJob
 
     s = cfg.student
     backbone = resolve_model(s.backbone, cfg.resolved_cache_dir())
@@ -450,7 +451,6 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     """The whole CoD job; returns the report dict (also written to out_dir)."""
     from raydistill.cluster.report import write_report
     from raydistill.cluster.runtime import ensure_ray
-
     from raydistill.config import dump_config
 
     t0 = time.perf_counter()

@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from raydistill.cluster.metrics import FLIP_RATE, GEN_TOKENS_PER_S, count_rows, set_gauge
+
+from raydistill.config import GenerationConfig
 from raydistill.pipelines.edits import word_edit_distance
 from raydistill.pipelines.llm_output import clean_candidate
 from raydistill.pipelines.prompts import split_for_prompt
 from raydistill.pipelines.tasks import TaskSpec
+from raydistill.telemetry import FLIP_RATE, GEN_TOKENS_PER_S, count_rows, set_gauge
 from raydistill.training.classifier import Classifier, softmax
-
-from raydistill.config import GenerationConfig
 
 
 def target_label(teacher_probs: list[float] | np.ndarray) -> tuple[int, int]:

@@ -14,9 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from raydistill.pipelines.tasks import TaskSpec, get_task
-
 from raydistill.config import DataConfig
+from raydistill.pipelines.tasks import TaskSpec, get_task
 
 Row = dict[str, Any]
 ROLES = ("train", "dev", "test")

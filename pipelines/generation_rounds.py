@@ -45,6 +45,7 @@ def _verify(ds: Any, verifier: dict[str, Any], expected: int, rnd: int) -> list[
 def rewrite_rounds(pending, spec, endpoint, gen, batch_size, concurrency, verifier):
     """The CoD paper's prompt: the LLM rewrites the text with a few words changed."""
     import ray
+
     from raydistill.pipelines.llm_stage import Sampling, chat_stage
 
     for rnd in range(1, gen.rounds + 1):
@@ -86,6 +87,7 @@ def swap_rounds(pending, spec, endpoint, gen, batch_size, concurrency, verifier)
     top `swap_words[r-1]` salient words (reusing earlier answers) and verifies single and
     joint swaps."""
     import ray
+
     from raydistill.pipelines.llm_stage import Sampling, chat_stage
     from raydistill.pipelines.swaps import (
         REJECT_UNPARSABLE,

@@ -8,6 +8,7 @@ originals the k-shot baseline also saw, and only the counterfactuals differ.
 from __future__ import annotations
 
 import numpy as np
+
 from raydistill.pipelines.datasets import Row
 
 

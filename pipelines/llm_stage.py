@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     import ray.data
+
     from raydistill.serving.teacher_pool import Endpoint
 
 logger = logging.getLogger(__name__)

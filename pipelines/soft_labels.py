@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from raydistill.cluster.metrics import count_rows
+
+from raydistill.telemetry import count_rows
 from raydistill.training.classifier import Classifier
 
 

@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 import numpy as np
+
 from raydistill.pipelines.tasks import TaskSpec
 
 _TOKEN = re.compile(r"\S+")

@@ -27,8 +27,9 @@ class StudentClassifier:
         device: str | None = None,
     ):
         import torch
-        from raydistill.training.pooled_classifier import register
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from raydistill.training.pooled_classifier import register
 
         register()  # mean-pooled students load without trust_remote_code
         self.model_dir = str(model_dir)
@@ -81,8 +82,9 @@ class StudentClassifier:
 
 def read_labels(model_dir: str) -> list[str]:
     """Label names of a checkpoint from its config alone (no weights loaded)."""
-    from raydistill.training.pooled_classifier import register
     from transformers import AutoConfig
+
+    from raydistill.training.pooled_classifier import register
 
     register()
     cfg = AutoConfig.from_pretrained(model_dir)

@@ -404,9 +404,8 @@ class HFPool(_ServePool):
     kind = "hf"
 
     def build_app(self) -> Any:
-        from raydistill.serving.hf_chat import build_hf_app
-
         from raydistill.registry import resolve_model
+        from raydistill.serving.hf_chat import build_hf_app
 
         cfg = self.cfg
         if cfg.min_replicas < 1 or cfg.max_replicas < cfg.min_replicas:

@@ -116,8 +116,8 @@ def test_two_node_cluster_generation_and_training(no_session_ray, tmp_path):
     """Generation and 2-worker training spread over two Ray nodes on this machine."""
     import ray
     from ray.cluster_utils import Cluster
-    from raydistill.cluster.run import run
 
+    from raydistill.cluster.run import run
     from raydistill.config import load_config
 
     cluster = Cluster(

@@ -3,11 +3,11 @@
 from collections import Counter
 
 import pytest
+
+from raydistill.config import DataConfig
 from raydistill.pipelines.datasets import DataError, load_human_counterfactuals, load_split
 from raydistill.pipelines.kshot import KShotError, sample_kshot
 from raydistill.pipelines.tasks import UnknownTaskError, get_task
-
-from raydistill.config import DataConfig
 from raydistill.registry import UnknownModelError, resolve_model
 
 

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+
 from raydistill.training.losses import LayerProjection, distill_loss, kd_kl, lwd_mse
 
 

@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+
+from raydistill.registry import resolve_model
 from raydistill.serving.metrics import ShadowSampler, ShadowStats
 from raydistill.serving.student_app import (
     StudentClassifier,
@@ -17,8 +19,6 @@ from raydistill.serving.student_app import (
     app_from_env,
     build_student_app,
 )
-
-from raydistill.registry import resolve_model
 
 API_KEY = "test-key-123"
 MAX_INPUTS = 4
@@ -61,6 +61,7 @@ def direct(checkpoints) -> dict[str, StudentClassifier]:
 @pytest.fixture(scope="module")
 def server(checkpoints, ray_session):
     from ray import serve
+
     from raydistill.serving.student_app import serve_students
 
     serve.shutdown()  # a Serve instance left by another module is bound to its own port

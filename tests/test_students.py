@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from raydistill.training.loop import TrainJob, deepspeed_config
-from raydistill.training.students import DistillStudent, default_layer_map
 
 from raydistill.registry import resolve_model
+from raydistill.training.loop import TrainJob, deepspeed_config
+from raydistill.training.students import DistillStudent, default_layer_map
 
 
 def test_default_layer_map_spreads_evenly():
@@ -166,8 +166,9 @@ def test_param_groups_put_new_parts_at_head_lr():
 
 
 def test_batcher_cuts_padding_without_changing_outputs():
-    from raydistill.training.loop import _Batcher
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from raydistill.training.loop import _Batcher
 
     path = resolve_model("tiny-bert")
     tok = AutoTokenizer.from_pretrained(path)
@@ -190,8 +191,9 @@ def test_batcher_cuts_padding_without_changing_outputs():
 
 def test_batcher_rejects_rows_with_and_without_hidden_states_naming_them():
     """A mixed batch once crashed with a bare KeyError (human edits carry hidden states)."""
-    from raydistill.training.loop import _Batcher
     from transformers import AutoTokenizer
+
+    from raydistill.training.loop import _Batcher
 
     tok = AutoTokenizer.from_pretrained(resolve_model("tiny-bert"))
     rows = [
@@ -205,8 +207,9 @@ def test_batcher_rejects_rows_with_and_without_hidden_states_naming_them():
 
 
 def test_evaluator_restores_input_order_and_counts_pairs():
-    from raydistill.training.evaluation import Evaluator
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from raydistill.training.evaluation import Evaluator
 
     path = resolve_model("tiny-bert")
     tok = AutoTokenizer.from_pretrained(path)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from raydistill.pipelines.swaps import (
     apply_swaps,
     occlusions,

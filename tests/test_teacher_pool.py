@@ -16,6 +16,8 @@ import time
 
 import httpx
 import pytest
+
+from raydistill.config import PoolConfig
 from raydistill.pipelines.llm_stage import (
     ChatResult,
     Sampling,
@@ -35,8 +37,6 @@ from raydistill.serving.teacher_pool import (
     VLLMPool,
     make_pool,
 )
-
-from raydistill.config import PoolConfig
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -420,15 +420,15 @@ class TestHFBackend:
     def test_generate_counterfactuals(self, hf_endpoint, tmp_path, strategy):
         """Both strategies end to end: every seed comes back as one complete record."""
         import numpy as np
-        from raydistill.pipelines.counterfactuals import generate_counterfactuals
-        from raydistill.pipelines.edits import word_edit_distance
-        from raydistill.pipelines.tasks import get_task
-        from raydistill.training.classifier import Classifier
-        from raydistill.training.students import load_classifier
         from transformers import AutoTokenizer
 
         from raydistill.config import GenerationConfig
+        from raydistill.pipelines.counterfactuals import generate_counterfactuals
+        from raydistill.pipelines.edits import word_edit_distance
+        from raydistill.pipelines.tasks import get_task
         from raydistill.registry import resolve_model
+        from raydistill.training.classifier import Classifier
+        from raydistill.training.students import load_classifier
 
         bert = resolve_model("tiny-bert")
         teacher = str(tmp_path / "teacher")

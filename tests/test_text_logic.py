@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from raydistill.pipelines.counterfactuals import choose_counterfactual, target_label
 from raydistill.pipelines.edits import word_edit_distance
 from raydistill.pipelines.llm_output import clean_candidate
@@ -151,7 +152,6 @@ def test_verifier_splices_edits_of_a_truncated_input_back_onto_the_rest():
     """IMDB once lost every candidate: edits of the shown part were compared with the
     whole review, so each looked like a rewrite (`not_minimal`)."""
     from raydistill.pipelines.counterfactuals import FlipVerifier
-
     from raydistill.registry import resolve_model
 
     text = "the acting was wonderful and " + " ".join(["the plot kept me guessing"] * 8)

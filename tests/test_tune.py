@@ -14,9 +14,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from raydistill.training import tune as T
 
 from raydistill.config import ConfigError, RunConfig, load_config
+from raydistill.training import tune as T
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "recipes" / "smoke-sweep.yaml"
@@ -348,6 +348,7 @@ def _free_port(lo: int = 8300, hi: int = 8399) -> int:
 def ray_dashboard():
     """A local Ray cluster with its dashboard, which ASHA-stopped trials need."""
     import ray
+
     from raydistill.cluster.runtime import _dashboard_url, runtime_env
 
     if ray.is_initialized() and _dashboard_url():  # the session's cluster will do

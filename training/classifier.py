@@ -21,8 +21,9 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class Classifier:
     def __init__(self, model_dir: str | Path, max_length: int = 64, batch_size: int = 64):
-        from raydistill.training.pooled_classifier import register
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from raydistill.training.pooled_classifier import register
 
         register()  # mean-pooled checkpoints load without trust_remote_code
         self.model_dir = str(model_dir)

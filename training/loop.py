@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from raydistill.cluster.metrics import TRAIN_LOSS, set_gauge
+
+from raydistill.telemetry import TRAIN_LOSS, set_gauge
 from raydistill.training.evaluation import Evaluator, evaluate  # noqa: F401  (re-exported)
 from raydistill.training.losses import distill_loss
 from raydistill.training.students import DistillStudent

@@ -12,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from raydistill.training.classifier import mean_pool
-from raydistill.training.losses import LayerProjection
 from torch import nn
 
 from raydistill.config import POOLINGS
+from raydistill.training.classifier import mean_pool
+from raydistill.training.losses import LayerProjection
 
 
 def default_layer_map(student_layers: int, teacher_layers: int) -> list[int]:

@@ -10,12 +10,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from raydistill.training.sweep_space import apply_params
-
 from raydistill.config import (
     RunConfig,
     dump_config,
 )
+from raydistill.training.sweep_space import apply_params
 
 log = logging.getLogger(__name__)
 

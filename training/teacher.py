@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raydistill.pipelines.tasks import TaskSpec
-
 from raydistill.config import DataConfig, TeacherConfig, stable_hash
+from raydistill.pipelines.tasks import TaskSpec
 from raydistill.registry import resolve_model
 
 log = logging.getLogger(__name__)
@@ -60,6 +59,7 @@ def ensure_teacher(
         info["source"] = "cache"
         return str(dest), info
     import ray
+
     from raydistill.training.loop import TrainJob, fit_jobs
 
     backbone = resolve_model(t.backbone, cache_dir)

@@ -28,6 +28,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from raydistill.config import (
+    ConfigError,
+    RunConfig,
+    dump_config,
+)
 from raydistill.training.sweep_outputs import (  # noqa: F401  (re-exported)
     best_config,
     plot_sweep,
@@ -53,12 +58,6 @@ from raydistill.training.sweep_space import (  # noqa: F401  (re-exported)
     sweepable_keys,
     trial_config,
     tune_space,
-)
-
-from raydistill.config import (
-    ConfigError,
-    RunConfig,
-    dump_config,
 )
 
 log = logging.getLogger(__name__)
@@ -120,6 +119,7 @@ def _trial(
     import ray
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
+
     from raydistill.cluster import run as run_mod
 
     _pin_ray_address()
@@ -178,6 +178,7 @@ def sweep(cfg: RunConfig, recipe_path: str | None = None) -> dict[str, Any]:
     """Prepare once, tune `cfg.sweep.space` with Ray Tune, write the sweep folder."""
     import ray
     from ray import tune
+
     from raydistill.cluster.run import Stopwatch, prepare
     from raydistill.cluster.runtime import ensure_ray
 

@@ -2,7 +2,8 @@ import itertools
 import time
 
 import psutil
-from raydistill.cluster.stages import Stopwatch, node_memory_used_mb
+
+from raydistill.timing import Stopwatch, node_memory_used_mb
 
 
 def test_node_memory_reading_is_plausible():
