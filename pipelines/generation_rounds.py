@@ -1,7 +1,8 @@
 """The two ways of writing counterfactual candidates, as rounds of Ray Data stages.
 
 Each strategy is a generator of `(round, verified rows)`: it sends the pending seeds
-through the teacher pool, turns the answers into candidate texts and has the teacher
+through the teacher pool (`LLMClient.chat`: cached, so a rerun or a later round never
+repeats a finished request), turns the answers into candidate texts and has the teacher
 verify them (`FlipVerifier`); `generate_counterfactuals` keeps the flips, records the
 rest and says which seeds are still pending before the next round is built.
 
@@ -42,11 +43,11 @@ def _verify(ds: Any, verifier: dict[str, Any], expected: int, rnd: int) -> list[
     return results
 
 
-def rewrite_rounds(pending, spec, endpoint, gen, batch_size, concurrency, verifier):
+def rewrite_rounds(pending, spec, llm, gen, verifier):
     """The CoD paper's prompt: the LLM rewrites the text with a few words changed."""
     import ray
 
-    from raydistill.pipelines.llm_stage import Sampling, chat_stage
+    from raydistill.pipelines.llm_stage import Sampling
 
     for rnd in range(1, gen.rounds + 1):
         if not pending:
@@ -69,26 +70,22 @@ def rewrite_rounds(pending, spec, endpoint, gen, batch_size, concurrency, verifi
             max_tokens=gen.max_new_tokens,
             seed=gen.seed + rnd,
         )
-        ds = chat_stage(
-            ray.data.from_items(rows),
-            endpoint,
-            sampling,
-            batch_size=batch_size,
-            concurrency=concurrency,
-        )
-        results = _verify(ds, verifier, len(rows), rnd)
+        answered = llm.chat(rows, sampling)
+        for a in answered:
+            a.pop("messages", None)  # the verifier needs the answers, not the prompts
+        results = _verify(ray.data.from_items(answered), verifier, len(rows), rnd)
         for r in results:
             r["num_asked"] = gen.num_candidates
         yield rnd, results
 
 
-def swap_rounds(pending, spec, endpoint, gen, batch_size, concurrency, verifier):
+def swap_rounds(pending, spec, llm, gen, verifier):
     """Teacher-guided swaps (`pipelines/swaps.py`): round r asks for replacements of the
     top `swap_words[r-1]` salient words (reusing earlier answers) and verifies single and
     joint swaps."""
     import ray
 
-    from raydistill.pipelines.llm_stage import Sampling, chat_stage
+    from raydistill.pipelines.llm_stage import Sampling
     from raydistill.pipelines.swaps import (
         REJECT_UNPARSABLE,
         SWAP_MAX_TOKENS,
@@ -161,13 +158,7 @@ def swap_rounds(pending, spec, endpoint, gen, batch_size, concurrency, verifier)
         tokens: dict[str, int] = {}
         errors: dict[str, int] = {}
         if ask:
-            answered = chat_stage(
-                ray.data.from_items(ask),
-                endpoint,
-                sampling,
-                batch_size=batch_size,
-                concurrency=concurrency,
-            ).take_all()
+            answered = llm.chat(ask, sampling)
             for a in answered:
                 pid, idx = a["id"].split("\t")
                 inf, idx = info[pid], int(idx)

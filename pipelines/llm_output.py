@@ -1,48 +1,76 @@
-"""Defensive parsing of LLM output: it is untrusted text.
+"""Defensive parsing of LLM output, for every method: it is untrusted text.
 
-Small instruction models wrap the answer in chatter ("Here is the revised sentence:"),
-quotes, markdown and trailing notes, refuse, or echo the input. `clean_candidate` turns a
-raw completion into the edited text or a reason it was rejected; rejections are counted by
-reason in the generation stats, never silently dropped.
+Small instruction models wrap the answer in chatter ("Sure! Here is the answer:"), quotes,
+markdown and code fences, or refuse. This module holds only what is true of any answer:
+
+- `clean_text(raw)`: the generic cleaner, (text, "") or (None, reason). It never cuts
+  what follows the answer ("Explanation: ...", a second paragraph): explanation
+  distillation keeps exactly that part.
+- `parse_json_object(text)`: the first complete JSON object in an answer (code fences and
+  chatter around it allowed), or a reject reason. Structured output
+  (`Sampling.json_schema`) makes valid JSON likely, not certain: a backend may ignore
+  the schema, and `max_tokens` still truncates.
+
+What an answer must be for one method lives with that method: CoD's validator (echoes,
+trailing notes, length, minimality) is `pipelines/counterfactual_checks.py`. Callers count
+the reasons in their stats; nothing is dropped silently.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
-from raydistill.pipelines.edits import word_edit_distance, words
+from raydistill.pipelines.edits import words
 
 REJECT_EMPTY = "empty"
 REJECT_REFUSAL = "refusal"
-REJECT_ECHO = "echo"
-REJECT_TOO_LONG = "too_long"
-REJECT_NOT_MINIMAL = "not_minimal"
 
-_PREFIX = re.compile(
-    r"""^\s*(?:
+# Chatter a model puts before any answer ("Sure!", "Here is ...:", "Answer:").
+GENERIC_PREFIXES = r"""
         (?:sure|okay|ok|certainly|of\ course)[!,.]?\s*
       | here(?:'s|\ is|\ are)\b[^:\n]*:\s*
-      | (?:the\ )?(?:new|revised|edited|modified|rewritten|flipped|changed|counterfactual|output|answer|result|text|sentence|review)
-        (?:\ (?:sentence|text|review|version|counterfactual|example))?\s*[:\-–]\s*
-      | (?:counterfactual|rewrite|edit)\s*\d*\s*[:\-–]\s*
-      | [\w\ ()-]{0,40}?\b(?:rewritten|revised|edited|modified|new|counterfactual|flipped)\b[^:\n]{0,40}:\s*
+"""
+_GENERIC_PREFIX = re.compile(
+    rf"""^\s*(?:{GENERIC_PREFIXES}
+      | (?:the\ )?(?:output|answer|result|response)\s*[:\-–]\s*
     )""",
     re.IGNORECASE | re.VERBOSE,
 )
-_REFUSAL = re.compile(
+REFUSAL = re.compile(
     r"\b(?:i\s*(?:'m|am)\s*(?:sorry|unable|not able)|i\s*can(?:no|')t|as an ai|"
     r"i\s*(?:will|would)\s*not|cannot (?:help|assist|comply))\b",
     re.IGNORECASE,
 )
 _QUOTES = "\"'“”‘’`«»"
-_TRAILER = re.compile(
-    r"\n\s*(?:\(?note|explanation|this (?:edit|change|revision)|i (?:changed|replaced)|"
-    r"changes?:|\*\*?explanation)",
-    re.IGNORECASE,
-)
+_FENCE = re.compile(r"^```\w*\n?|```$")
 
 
-def _strip_quotes(s: str) -> str:
+def strip_markup(raw: str) -> str:
+    """Carriage returns, a code fence around the whole answer, markdown bold."""
+    s = raw.replace("\r", "").strip()
+    s = _FENCE.sub("", s).strip()
+    return s.replace("**", "").strip()
+
+
+def is_refusal(s: str) -> bool:
+    """A refusal near the start ("I'm sorry, but I can't ...")."""
+    return bool(REFUSAL.search(s[:200]))
+
+
+def strip_prefixes(s: str, pattern: re.Pattern, times: int = 3) -> str:
+    """Cut leading chatter repeatedly ("Sure! Here is the answer: ...")."""
+    for _ in range(times):
+        new = pattern.sub("", s, count=1)
+        if new == s:
+            break
+        s = new.strip()
+    return s
+
+
+def strip_quotes(s: str) -> str:
+    """Quotes around the whole answer (nested too), or a lone opening one."""
     s = s.strip()
     while len(s) >= 2 and s[0] in _QUOTES and s[-1] in _QUOTES:
         s = s[1:-1].strip()
@@ -52,71 +80,137 @@ def _strip_quotes(s: str) -> str:
     return s
 
 
-def _echo_prefix(noun: str | None, label_names: tuple[str, ...]) -> re.Pattern | None:
-    """The prompt's own framing echoed back: "Rewritten movie review sentence (positive):"."""
-    if not noun and not label_names:
-        return None
-    labels = "|".join(re.escape(x) for x in label_names) or r"[^)]{1,20}"
-    head = rf"(?:(?:rewritten|new|original)\s+)?{re.escape(noun)}" if noun else r"(?!)"
-    return re.compile(
-        rf"^\s*(?:{head}\s*(?:\(\s*(?:{labels})\s*\))?|\(\s*(?:{labels})\s*\))\s*[:\-–]\s*",
-        re.IGNORECASE,
-    )
+def _tidy_whitespace(s: str) -> str:
+    """Runs of spaces collapsed, lines stripped, paragraphs kept (at most one blank line)."""
+    lines = [re.sub(r"[ \t\f\v]+", " ", line).strip() for line in s.split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
-def clean_candidate(
-    raw: str | None,
-    original: str,
-    max_ratio: float = 3.0,
-    *,
-    noun: str | None = None,
-    label_names: tuple[str, ...] | list[str] = (),
-    max_edit_fraction: float | None = None,
-) -> tuple[str | None, str]:
-    """Return (text, "") for a usable candidate, or (None, reason) for a rejected one.
+def clean_text(raw: str | None) -> tuple[str | None, str]:
+    """The generic cleaner: (text, "") for a usable answer, or (None, reason).
 
-    `noun` and `label_names` (the task's) let it strip the prompt's framing when a small
-    model echoes it ("Movie review sentence (negative): ..."); a reply that is only that
-    framing is empty. With `max_edit_fraction`, a candidate that changes more than that
-    share of the original's words (3 words are always allowed) is a rewrite, not a
-    minimal edit, and is rejected as "not_minimal".
+    Strips markup (code fences, bold), leading chatter ("Sure! Here is the answer:"),
+    quotes around the whole answer and extra whitespace (paragraphs are kept). Rejects
+    `empty` (nothing with a letter or digit left) and `refusal`. Everything after the
+    answer stays: a trailing "Explanation: ..." is content here.
     """
     if not isinstance(raw, str):
         return None, REJECT_EMPTY
-    s = raw.replace("\r", "").strip()
-    s = re.sub(r"^```\w*\n?|```$", "", s).strip()  # code fences
-    s = s.replace("**", "").strip()
-    if _REFUSAL.search(s[:200]):
+    s = strip_markup(raw)
+    if is_refusal(s):
         return None, REJECT_REFUSAL
-    # Keep the part after the chatter: cut leading phrases repeatedly ("Sure! Here is:").
-    for _ in range(3):
-        new = _PREFIX.sub("", s, count=1)
-        if new == s:
-            break
-        s = new.strip()
-    echo = _echo_prefix(noun, tuple(label_names))
-    if echo is not None:
-        for _ in range(2):
-            new = echo.sub("", s, count=1)
-            if new == s:
-                break
-            s = new.strip()
-    m = _TRAILER.search(s)
-    if m:
-        s = s[: m.start()].strip()
-    # Multi-paragraph answers: the first non-empty paragraph is the candidate.
-    paras = [p.strip() for p in re.split(r"\n\s*\n", s) if p.strip()]
-    s = paras[0] if paras else ""
-    s = _strip_quotes(s)
-    s = re.sub(r"\s+", " ", s).strip()
+    s = strip_prefixes(s, _GENERIC_PREFIX)
+    s = _tidy_whitespace(strip_quotes(s))
     if not words(s):
         return None, REJECT_EMPTY
-    if words(s) == words(original):
-        return None, REJECT_ECHO
-    if len(s) > max_ratio * max(len(original), 40):
-        return None, REJECT_TOO_LONG
-    if max_edit_fraction is not None:
-        allowed = max(3, int(max_edit_fraction * len(words(original))))
-        if word_edit_distance(original, s) > allowed:
-            return None, REJECT_NOT_MINIMAL
     return s, ""
+
+
+def clean_candidate(raw: str | None, original: str, max_ratio: float = 3.0, **kwargs: Any):
+    """CoD's validator, kept here for old imports: see `counterfactual_checks`."""
+    from raydistill.pipelines.counterfactual_checks import clean_candidate as cod_clean
+
+    return cod_clean(raw, original, max_ratio, **kwargs)
+
+
+# ------------------------------------------------------------------------- JSON
+
+JSON_EMPTY = "empty"  # no text at all
+JSON_MISSING = "no_json"  # no '{' anywhere
+JSON_TRUNCATED = "truncated"  # an object starts but never ends (max_tokens cut it)
+JSON_INVALID = "invalid_json"  # braces, but nothing in them decodes
+JSON_NOT_OBJECT = "not_object"  # valid JSON, but a list / string / number
+JSON_TOO_LONG = "too_long"
+JSON_REJECTS = (
+    JSON_EMPTY,
+    JSON_MISSING,
+    JSON_TRUNCATED,
+    JSON_INVALID,
+    JSON_NOT_OBJECT,
+    JSON_TOO_LONG,
+)
+MAX_JSON_CHARS = 200_000
+_MAX_OBJECT_STARTS = 32  # '{' positions tried: bounds the work on adversarial text
+_JSON_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)(?:```|$)", re.DOTALL)
+_DECODER = json.JSONDecoder()
+
+
+def _matching_brace(s: str, start: int) -> int | None:
+    """Index of the '}' closing the '{' at `start` (JSON strings respected), or None."""
+    depth, in_str, esc = 0, False, False
+    for i in range(start, len(s)):
+        c = s[i]
+        if in_str:
+            if esc:
+                esc = False
+            elif c == "\\":
+                esc = True
+            elif c == '"':
+                in_str = False
+        elif c == '"':
+            in_str = True
+        elif c in "{[":
+            depth += 1
+        elif c in "}]":
+            depth -= 1
+            if depth == 0:
+                return i
+    return None
+
+
+def _first_object(s: str) -> tuple[dict[str, Any] | None, str]:
+    """The first complete JSON object in `s` that is not nested in a broken one."""
+    pos, tried, seen_brace = 0, 0, False
+    while tried < _MAX_OBJECT_STARTS:
+        start = s.find("{", pos)
+        if start < 0:
+            break
+        seen_brace, tried = True, tried + 1
+        try:
+            obj, _ = _DECODER.raw_decode(s, start)
+        except (ValueError, RecursionError):
+            obj = None
+        if isinstance(obj, dict):
+            return obj, ""
+        end = _matching_brace(s, start)
+        if end is None:
+            # Everything after this '{' is inside it: an inner object is only a fragment.
+            return None, JSON_TRUNCATED
+        pos = end + 1  # skip the whole broken span ("{curly}" in chatter), not into it
+    return None, (JSON_INVALID if seen_brace else JSON_MISSING)
+
+
+def parse_json_object(text: str | None) -> tuple[dict[str, Any] | None, str]:
+    """Untrusted LLM text → (the JSON object it holds, "") or (None, reason).
+
+    Accepts a bare object, one in a code fence, or one with chatter before and after
+    ("Sure! {...} Hope this helps."); nested objects are kept whole. A truncated object
+    (the answer hit `max_tokens`) is rejected as `truncated`, never repaired: a cut-off
+    string value would read as a complete, wrong answer. Reasons are `JSON_REJECTS`.
+    Never raises.
+    """
+    if not isinstance(text, str) or not text.strip():
+        return None, JSON_EMPTY
+    if len(text) > MAX_JSON_CHARS:
+        return None, JSON_TOO_LONG
+    s = text.strip()
+    try:
+        whole = json.loads(s)
+    except (ValueError, RecursionError):
+        whole = None
+    else:
+        return (whole, "") if isinstance(whole, dict) else (None, JSON_NOT_OBJECT)
+    reason = JSON_MISSING
+    for m in _JSON_FENCE.finditer(s):
+        body = m.group(1).strip()
+        try:
+            fenced = json.loads(body)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(fenced, dict):
+            return fenced, ""
+        reason = JSON_NOT_OBJECT
+    obj, why = _first_object(s)
+    if obj is not None:
+        return obj, ""
+    return None, (why if why != JSON_MISSING else reason)

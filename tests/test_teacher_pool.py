@@ -116,6 +116,8 @@ def test_vllm_llm_config_on_cpu_and_gpu():
     assert cpu["engine_kwargs"]["max_model_len"] == 1024
     assert cpu["engine_kwargs"]["enforce_eager"] is True
     assert cpu["engine_kwargs"]["enable_chunked_prefill"] is False
+    # A fixed KV cache on CPU, not a share of the node's RAM minus the engine's RSS.
+    assert cpu["engine_kwargs"]["kv_cache_memory_bytes"] == 2**30
     assert cpu["deployment_config"]["ray_actor_options"] == {"num_cpus": 0}
     assert cpu["placement_group_config"]["bundles"] == [{"CPU": 2.0}]
     auto = cpu["deployment_config"]["autoscaling_config"]
@@ -134,6 +136,7 @@ def test_vllm_llm_config_on_cpu_and_gpu():
     assert gpu["placement_group_config"]["bundles"] == [{"CPU": 1.0, "GPU": 1.0}]
     assert "enforce_eager" not in gpu["engine_kwargs"]
     assert "enable_chunked_prefill" not in gpu["engine_kwargs"]
+    assert "kv_cache_memory_bytes" not in gpu["engine_kwargs"]
     assert "runtime_env" not in gpu
     compiled = VLLMPool(PoolConfig(), engine_kwargs={"enforce_eager": False})
     assert compiled.llm_config_kwargs("/m")["engine_kwargs"]["enforce_eager"] is False
@@ -560,5 +563,37 @@ def test_vllm_pool_serves_chat_and_chat_stage(ray_cluster):
             assert len(o["candidates"]) == 6 and all(isinstance(c, str) for c in o["candidates"])
         toks = sum(o["generated_tokens"] for o in out)
         print(f"vLLM chat_stage 8 rows x n=6: {toks} tokens in {dt:.1f} s ({toks / dt:.0f} tok/s)")
+
+        # Structured output: Sampling.json_schema goes out as response_format (vLLM
+        # supports it) and the answer, still untrusted, goes through parse_json_object.
+        from raydistill.pipelines.llm_output import parse_json_object
+        from raydistill.pipelines.llm_requests import LLMClient
+
+        schema = {
+            "title": "verdict",
+            "type": "object",
+            "properties": {
+                "sentiment": {"type": "string", "enum": ["positive", "negative"]},
+                "reason": {"type": "string", "maxLength": 40},
+            },
+            "required": ["sentiment", "reason"],
+            "additionalProperties": False,
+        }
+        client = LLMClient.for_pool(ep, cfg)
+        assert client.structured_output and client.model_id == "vllm:smollm2-135m-instruct"
+        ask = "Is this review positive or negative? 'The film was great.' Answer in JSON."
+        t1 = time.monotonic()
+        [js] = client.chat(
+            [{"id": "j", "messages": [{"role": "user", "content": ask}]}],
+            Sampling(n=2, max_tokens=96, temperature=0.7, seed=1, json_schema=schema),
+        )
+        print(f"vLLM json_schema request n=2: {time.monotonic() - t1:.1f} s: {js['candidates']}")
+        assert js["llm_error"] == "", js["llm_error"]
+        assert len(js["candidates"]) == 2
+        for c in js["candidates"]:
+            obj, why = parse_json_object(c)
+            assert why == "", (why, c)
+            assert set(obj) == {"sentiment", "reason"}, obj
+            assert obj["sentiment"] in ("positive", "negative") and len(obj["reason"]) <= 40
     finally:
         pool.shutdown()

@@ -1,0 +1,591 @@
+"""The cached LLM request layer (pipelines/llm_requests.py, request_cache.py) and the JSON
+parser for untrusted answers (llm_output.parse_json_object).
+
+Unit tests run without Ray. The integration tests push real requests through the Ray
+Data chat stage on the session's local Ray cluster (conftest's `ray_session`) to a real
+scripted HTTP server (`scripted_llm.ScriptedLLM`) and count what it received.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scripted_llm import ScriptedLLM, completion, last_user_message
+
+from raydistill.pipelines.llm_output import JSON_REJECTS, parse_json_object
+from raydistill.pipelines.llm_requests import (
+    LLMClient,
+    LLMStageError,
+    LLMStats,
+    model_identity,
+)
+from raydistill.pipelines.llm_stage import Sampling, build_payload
+from raydistill.pipelines.request_cache import (
+    CachedAnswer,
+    RequestCache,
+    RequestCacheError,
+    request_key,
+)
+
+MSGS = [
+    {"role": "system", "content": "You edit movie reviews."},
+    {"role": "user", "content": "Opposite of 'great':"},
+]
+SCHEMA = {
+    "title": "edit",
+    "type": "object",
+    "properties": {"text": {"type": "string"}, "changed": {"type": "integer"}},
+    "required": ["text"],
+}
+
+
+def _rows(n: int, prefix: str = "p") -> list[dict]:
+    return [
+        {
+            "id": f"{prefix}{i}",
+            "extra": {"k": i},
+            "messages": [{"role": "user", "content": f"{prefix}{i}"}],
+        }
+        for i in range(n)
+    ]
+
+
+def _answer_for(prompt: str) -> str:
+    return f"answer to {prompt}"
+
+
+def _answering(payload):
+    n = int(payload.get("n") or 1)
+    return 200, completion([_answer_for(last_user_message(payload))] * n, prompt_tokens=5)
+
+
+# ============================================================ keys and storage
+
+
+class _FakeEndpoint:
+    """Only for tests that build a client but send nothing."""
+
+    base_url = "http://127.0.0.1:9/v1"
+    model = "teacher"
+    headers: dict = {}
+    chat_url = base_url + "/chat/completions"
+
+
+def test_request_key_is_stable_and_sensitive_to_everything_that_shapes_an_answer():
+    base = Sampling(n=2, temperature=0.9, top_p=0.95, max_tokens=12, seed=3)
+    k = request_key("vllm:smollm2", MSGS, base)
+    assert len(k) == 64 and k == request_key("vllm:smollm2", [dict(m) for m in MSGS], base)
+    # The same request written differently: same key.
+    same = Sampling(n=2, temperature=0.9, top_p=0.95, max_tokens=12, seed=3)
+    assert request_key("vllm:smollm2", MSGS, same) == k
+    assert request_key("m", MSGS, Sampling(temperature=1)) == request_key(
+        "m", MSGS, Sampling(temperature=1.0)
+    )
+    reordered = dict(reversed(list(SCHEMA.items())))
+    assert request_key("m", MSGS, Sampling(json_schema=SCHEMA)) == request_key(
+        "m", MSGS, Sampling(json_schema=reordered)
+    )
+    client = LLMClient(_FakeEndpoint(), "vllm:smollm2")
+    assert client.request_key(np.array(MSGS, dtype=object), base) == k  # Arrow/numpy rows
+
+    changed = [
+        request_key("vllm:other", MSGS, base),
+        request_key("hf:smollm2", MSGS, base),
+        request_key(
+            "vllm:smollm2", [MSGS[0], {"role": "user", "content": "Opposite of 'good':"}], base
+        ),
+        request_key(
+            "vllm:smollm2", [MSGS[0], {"role": "assistant", "content": MSGS[1]["content"]}], base
+        ),
+        request_key("vllm:smollm2", MSGS[1:], base),
+        request_key("vllm:smollm2", [*MSGS, {"role": "user", "content": ""}], base),
+    ]
+    for field, value in [
+        ("n", 3),
+        ("temperature", 0.8),
+        ("top_p", 1.0),
+        ("max_tokens", 13),
+        ("seed", 4),
+        ("seed", None),
+        ("json_schema", SCHEMA),
+    ]:
+        kw = dict(n=2, temperature=0.9, top_p=0.95, max_tokens=12, seed=3)
+        kw[field] = value
+        changed.append(request_key("vllm:smollm2", MSGS, Sampling(**kw)))
+    changed.append(
+        request_key(
+            "vllm:smollm2",
+            MSGS,
+            Sampling(**{**base.__dict__, "json_schema": {**SCHEMA, "required": []}}),
+        )
+    )
+    assert len(set(changed)) == len(changed) and k not in changed
+    with pytest.raises(ValueError, match="model_id"):
+        request_key("", MSGS, base)
+
+
+def test_model_identity_names_the_real_model():
+    assert model_identity("vllm", "smollm2-135m-instruct") == "vllm:smollm2-135m-instruct"
+    assert model_identity("openai", "gpt-x", "https://h/v1/") == "openai:https://h/v1:gpt-x"
+
+    class Pool:
+        backend, model, url, batch_size, concurrency = "hf", "tiny-llama", None, 8, 2
+
+    c = LLMClient.for_pool(_FakeEndpoint(), Pool())
+    assert (c.model_id, c.batch_size, c.concurrency, c.structured_output) == (
+        "hf:tiny-llama",
+        8,
+        2,
+        False,
+    )
+    with pytest.raises(ValueError, match="max_error_fraction"):
+        LLMClient(_FakeEndpoint(), "m", max_error_fraction=1.5)
+
+
+def test_request_cache_round_trip_persists_in_wal_mode(tmp_path):
+    cache = RequestCache.in_dir(tmp_path / "c")
+    assert cache.path == tmp_path / "c" / "llm_requests.sqlite"
+    assert cache.get_many(["a", "b"]) == {}
+    ans = CachedAnswer(["x", "ümlaut ✓"], 5, 9)
+    assert cache.put_many([("a", "m", ans)]) == 1
+    cache.close()
+    again = RequestCache.in_dir(tmp_path / "c")
+    assert again.get_many(["a", "b"]) == {"a": ans} and len(again) == 1
+    mode = sqlite3.connect(again.path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    # A damaged value is a miss (sent again), never a crash or a wrong answer.
+    with sqlite3.connect(again.path) as db:
+        db.execute("UPDATE answers SET candidates = '{not json' WHERE key = 'a'")
+    assert again.get_many(["a"]) == {} and again.corrupt == 1
+    with pytest.raises(RequestCacheError, match="local file"):
+        RequestCache("s3://bucket/llm_requests.sqlite")
+
+
+# ============================================================ structured output
+
+
+def test_json_schema_payload_shape_and_backend_capability():
+    p = build_payload("teacher", MSGS, Sampling(json_schema=SCHEMA))
+    assert p["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "edit", "schema": SCHEMA},
+    }
+    untitled = {"type": "object", "title": "not a valid name!"}
+    assert (
+        build_payload("t", MSGS, Sampling(json_schema=untitled))["response_format"]["json_schema"][
+            "name"
+        ]
+        == "output"
+    )
+    assert "response_format" not in build_payload("t", MSGS, Sampling())
+    with pytest.raises(ValueError, match="json_schema"):
+        build_payload("t", MSGS, Sampling(json_schema=["not", "a", "dict"]))
+    s = Sampling(json_schema=SCHEMA)
+    vllm = LLMClient(_FakeEndpoint(), "vllm:m", backend="vllm")
+    hf = LLMClient(_FakeEndpoint(), "hf:m", backend="hf")
+    assert vllm.effective_sampling(s).json_schema == SCHEMA
+    assert hf.effective_sampling(s).json_schema is None
+    # Not sent → not part of the key: the hf request is the plain one.
+    assert hf.request_key(MSGS, s) == hf.request_key(MSGS, Sampling())
+    assert vllm.request_key(MSGS, s) != vllm.request_key(MSGS, Sampling())
+
+
+# ============================================================ parse_json_object
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"text": "a dull film", "changed": 1}', {"text": "a dull film", "changed": 1}),
+        ('```json\n{"text": "x"}\n```', {"text": "x"}),
+        ('Sure! Here is the JSON:\n```\n{"text": "x"}\n```\nHope this helps.', {"text": "x"}),
+        (
+            'Here you go: {"a": {"b": [1, {"c": "}"}]}} -- done {"later": 1}',
+            {"a": {"b": [1, {"c": "}"}]}},
+        ),
+        ('Use {curly} braces: {"text": "y"}', {"text": "y"}),
+        (
+            '{"answer": "B", "explanation": "because \\"quoted\\" {x}"}',
+            {"answer": "B", "explanation": 'because "quoted" {x}'},
+        ),
+    ],
+)
+def test_parse_json_object_finds_the_object(text, expected):
+    assert parse_json_object(text) == (expected, "")
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (None, "empty"),
+        ("  \n", "empty"),
+        ("no json here", "no_json"),
+        ('{"text": "a dull fi', "truncated"),
+        ('Sure: {"a": {"b": 1}', "truncated"),  # the inner object is a fragment
+        ('```json\n{"text": "x", ', "truncated"),
+        ("[1, 2, 3]", "not_object"),
+        ('"just a string"', "not_object"),
+        ("```json\n[1, 2]\n```", "not_object"),
+        ('{"a": 1,}', "invalid_json"),
+        ("{not: json}", "invalid_json"),
+        ("[" * 50_000 + "]" * 50_000, "no_json"),  # too deep to decode: no RecursionError
+        ("{" * 50_000, "truncated"),
+        ("x" * 300_000, "too_long"),
+    ],
+)
+def test_parse_json_object_rejects_with_a_reason(text, reason):
+    assert parse_json_object(text) == (None, reason)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=400))
+def test_parse_json_object_never_raises_on_arbitrary_unicode(text):
+    obj, why = parse_json_object(text)
+    assert (isinstance(obj, dict) and why == "") or (obj is None and why in JSON_REJECTS)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+_CHATTER = st.text(alphabet=st.characters(blacklist_characters='{}[]"`'), max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), _JSON, max_size=4), _CHATTER, _CHATTER)
+def test_parse_json_object_recovers_an_object_from_chatter(obj, before, after):
+    text = before + json.dumps(obj, ensure_ascii=False) + after
+    assert parse_json_object(text) == (obj, "")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=8), _JSON, min_size=1, max_size=4), st.data())
+def test_parse_json_object_never_returns_part_of_a_truncated_object(obj, data):
+    full = json.dumps(obj)
+    cut = data.draw(st.integers(min_value=1, max_value=len(full) - 1))
+    assert parse_json_object("Answer: " + full[:cut]) == (None, "truncated")
+
+
+# ============================================================ through Ray + HTTP
+
+
+@pytest.fixture
+def server():
+    with ScriptedLLM(_answering) as s:
+        yield s
+
+
+def _client(server, cache=None, **kw) -> LLMClient:
+    kw.setdefault("batch_size", 4)
+    kw.setdefault("backoff_s", 0.05)
+    return LLMClient(server.endpoint, "scripted:test", cache, backend="vllm", **kw)
+
+
+@pytest.mark.ray
+def test_chat_keeps_rows_in_order_answers_from_cache_and_sends_duplicates_once(
+    ray_session, server, tmp_path
+):
+    cache = RequestCache.in_dir(tmp_path)
+    client = _client(server, cache)
+    rows = _rows(6)
+    rows.insert(3, dict(rows[1], id="dup"))  # same messages as p1
+    rows.append({"id": "bad", "messages": [{"role": "user", "content": None}]})
+    out = client.chat(rows, Sampling(n=2, seed=0))
+    assert [o["id"] for o in out] == [r["id"] for r in rows]
+    assert server.count == 6  # p0..p5 once each; the duplicate and the bad row not sent
+    for r, o in zip(rows[:-1], out[:-1], strict=True):
+        prompt = r["messages"][0]["content"]
+        assert o["extra"] == r["extra"] and o["messages"] == r["messages"]
+        assert o["candidates"] == [_answer_for(prompt)] * 2, o
+        assert o["llm_error"] == "" and not o["cached"]
+        assert o["prompt_tokens"] == 5 and o["generated_tokens"] == 6  # 2 x 3 words
+    assert out[-1]["candidates"] == [] and out[-1]["llm_error_kind"] == "bad_input"
+    assert "null role or content" in out[-1]["llm_error"]
+    assert len(cache) == 6
+    s = client.stats
+    assert (s.requests_sent, s.cache_hits, s.duplicates, s.errors) == (6, 0, 1, {"bad_input": 1})
+    assert (s.generated_tokens, s.prompt_tokens) == (36, 30)
+
+    # The same call again: nothing is sent, every answer is the cached one.
+    again = _client(server, RequestCache.in_dir(tmp_path)).chat(rows, Sampling(n=2, seed=0))
+    assert server.count == 6
+    assert [o["candidates"] for o in again] == [o["candidates"] for o in out]
+    assert [o["cached"] for o in again] == [True] * 7 + [False]
+    # Another sampling parameter is another request.
+    _client(server, cache).chat(rows[:2], Sampling(n=2, seed=1))
+    assert server.count == 8
+
+
+@pytest.mark.ray
+def test_rerun_after_failures_sends_only_the_unfinished_rows(ray_session, server, tmp_path):
+    """Issue 11's acceptance test: count what the endpoint receives across a rerun."""
+    rows = _rows(10)
+    broken = {"p2", "p5", "p7", "p8"}
+
+    def half_down(payload):
+        if last_user_message(payload) in broken:
+            return 503, {"error": {"message": "replica restarting"}}
+        return _answering(payload)
+
+    server.reset(half_down)
+    first = _client(server, RequestCache.in_dir(tmp_path), max_retries=0).chat(rows, Sampling())
+    assert server.count == 10  # 4 of 10 failed: below max_error_fraction, nothing raised
+    assert {o["id"] for o in first if o["llm_error"]} == broken
+
+    server.reset(_answering)  # the pool is back
+    client = _client(server, RequestCache.in_dir(tmp_path), max_retries=0)
+    final = client.chat(rows, Sampling())
+    sent = [last_user_message(p) for p in server.received()]
+    assert sorted(sent) == sorted(broken)  # each unfinished row exactly once, nothing else
+    assert [o["id"] for o in final] == [r["id"] for r in rows]
+    for r, o in zip(rows, final, strict=True):
+        assert o["candidates"] == [_answer_for(r["id"])] and o["llm_error"] == ""
+        assert o["cached"] == (r["id"] not in broken)
+    assert client.stats.cache_hits == 6 and client.stats.requests_sent == 4
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashingCache(RequestCache):
+    """A driver that dies after its first committed batch."""
+
+    def put_many(self, items):
+        if len(self) > 0:
+            raise _Crash("driver killed")
+        return super().put_many(items)
+
+
+def _settle(server, quiet_s: float = 1.5, limit_s: float = 30.0) -> None:
+    """Wait until no request has arrived for `quiet_s` (tasks of an abandoned run)."""
+    t0, last, since = time.monotonic(), server.count, time.monotonic()
+    while time.monotonic() - t0 < limit_s:
+        time.sleep(0.2)
+        if server.count != last:
+            last, since = server.count, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+
+
+@pytest.mark.ray
+def test_rerun_after_an_interrupted_driver_repeats_no_committed_request(
+    ray_session, server, tmp_path
+):
+    rows = _rows(12)
+    with pytest.raises(_Crash):
+        _client(server, _CrashingCache.in_dir(tmp_path), batch_size=2).chat(rows, Sampling())
+    _settle(server)
+    cache = RequestCache.in_dir(tmp_path)
+    committed = {
+        k
+        for k in cache.get_many(
+            _client(server).request_key(r["messages"], Sampling()) for r in rows
+        )
+    }
+    assert 2 <= len(committed) < 12  # the first batch was durable before the crash
+    server.reset()
+    final = _client(server, cache, batch_size=2).chat(rows, Sampling())
+    sent = [last_user_message(p) for p in server.received()]
+    assert len(sent) == len(set(sent)) == 12 - len(committed)
+    assert [o["candidates"] for o in final] == [[_answer_for(r["id"])] for r in rows]
+    assert sum(o["cached"] for o in final) == len(committed)
+
+
+@pytest.mark.ray
+def test_faults_are_retried_then_marked_and_counted_by_kind(ray_session, server, tmp_path):
+    attempts: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def faulty(payload):
+        prompt = last_user_message(payload)
+        with lock:
+            attempts[prompt] = attempts.get(prompt, 0) + 1
+            nth = attempts[prompt]
+        if prompt == "flaky" and nth == 1:
+            return 503, {"error": {"message": "busy"}}
+        if prompt == "down":
+            return 500, {"error": {"message": "engine dead"}}
+        if prompt == "trunc":
+            return 200, b'{"choices": [{"message": {"content": "a du'
+        if prompt == "empty":
+            return 200, {"choices": [], "usage": {"completion_tokens": 0}}
+        if prompt == "slow":
+            time.sleep(2.0)
+        return _answering(payload)
+
+    server.reset(faulty)
+    names = ["flaky", "down", "trunc", "empty", "slow", "ok1", "ok2", "ok3", "ok4"]
+    rows = [{"id": n, "messages": [{"role": "user", "content": n}]} for n in names]
+    client = _client(server, RequestCache.in_dir(tmp_path), timeout_s=0.5, max_retries=2)
+    t0 = time.monotonic()
+    out = {o["id"]: o for o in client.chat(rows, Sampling())}
+    print(f"\n9 rows with faults, 2 retries: {time.monotonic() - t0:.1f} s")
+    assert out["flaky"]["llm_error"] == "" and out["flaky"]["candidates"] == ["answer to flaky"]
+    kinds = {n: out[n]["llm_error_kind"] for n in names if out[n]["llm_error"]}
+    assert kinds == {
+        "down": "http_5xx",
+        "trunc": "invalid_json",
+        "empty": "no_candidates",
+        "slow": "timeout",
+    }
+    assert "failed after 3 attempt(s): HTTP 500: engine dead" in out["down"]["llm_error"]
+    assert server.endpoint.chat_url in out["down"]["llm_error"]
+    assert all(out[n]["candidates"] == [] for n in kinds)
+    # 5xx, truncated bodies and timeouts are retried; an answer with no choices is not.
+    assert {n: attempts[n] for n in ("flaky", "down", "trunc", "empty", "slow")} == {
+        "flaky": 2,
+        "down": 3,
+        "trunc": 3,
+        "empty": 1,
+        "slow": 3,
+    }
+    assert client.stats.errors == {
+        "http_5xx": 1,
+        "invalid_json": 1,
+        "no_candidates": 1,
+        "timeout": 1,
+    }
+    assert client.stats.attempts == 2 + 3 + 3 + 1 + 3 + 4
+    # Errors are not cached: the next call sends exactly the failed rows again.
+    server.reset(_answering)
+    client.chat(rows, Sampling())
+    assert sorted(last_user_message(p) for p in server.received()) == sorted(kinds)
+
+
+@pytest.mark.ray
+def test_most_rows_failing_raises_a_clear_error_and_keeps_the_answers(
+    ray_session, server, tmp_path
+):
+    def mostly_down(payload):
+        if last_user_message(payload) == "p0":
+            return _answering(payload)
+        return 503, {"error": {"message": "no replica"}}
+
+    server.reset(mostly_down)
+    cache = RequestCache.in_dir(tmp_path)
+    client = _client(server, cache, max_retries=0)
+    with pytest.raises(LLMStageError) as e:
+        client.chat(_rows(4), Sampling())
+    msg = str(e.value)
+    assert "3 of 4 rows" in msg and server.endpoint.chat_url in msg
+    assert "HTTP 503: no replica" in msg and "http_5xx" in msg
+    assert isinstance(e.value, RuntimeError) and len(e.value.rows) == 4
+    assert len(cache) == 1  # the one answer that arrived is kept
+    # Exactly at the threshold (2 of 4) nothing raises.
+    server.reset(lambda p: _answering(p) if last_user_message(p) in ("p0", "p1") else (500, b""))
+    out = _client(server, None, max_retries=0).chat(_rows(4), Sampling())
+    assert sum(bool(o["llm_error"]) for o in out) == 2
+
+
+@pytest.mark.ray
+def test_unreachable_pool_raises_naming_the_url(ray_session, tmp_path):
+    with ScriptedLLM() as gone:
+        endpoint = gone.endpoint  # its port, closed once the block ends
+    client = LLMClient(endpoint, "scripted:test", None, max_retries=1, backoff_s=0.05)
+    with pytest.raises(LLMStageError, match=r"3 of 3 rows .*127\.0\.0\.1.*transport"):
+        client.chat(_rows(3), Sampling())
+    assert client.stats.errors == {"transport": 3}
+
+
+def test_stats_since_and_summary():
+    s = LLMStats(requests_sent=3, errors={"timeout": 1})
+    before = s.snapshot()
+    s.add(LLMStats(requests_sent=2, cache_hits=4, errors={"timeout": 1, "http_5xx": 2}))
+    d = s.since(before)
+    assert (d.requests_sent, d.cache_hits, d.errors) == (2, 4, {"timeout": 1, "http_5xx": 2})
+    assert s.summary()["failed_rows"] == 4 and before.errors == {"timeout": 1}
+
+
+# ============================================================ CoD through the client
+
+
+def _swap_answers(payload):
+    """Deterministic answers to swap prompts ("Opposite of 'word':"), chatter included."""
+    prompt = last_user_message(payload)
+    n = int(payload.get("n") or 1)
+    word = prompt.split("'")[1] if prompt.count("'") >= 2 else "x"
+    opts = ["dreadful", "awful", "boring", word, "Sure! 'tedious'"]
+    return 200, completion([opts[(len(word) + i) % len(opts)] for i in range(n)])
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from raydistill.registry import resolve_model
+    from raydistill.training.students import load_classifier
+
+    bert = resolve_model("tiny-bert")
+    teacher = str(tmp_path_factory.mktemp("teacher"))
+    load_classifier(bert, ["negative", "positive"]).save_pretrained(teacher)
+    AutoTokenizer.from_pretrained(bert).save_pretrained(teacher)
+    return teacher
+
+
+@pytest.mark.ray
+def test_cod_through_the_client_a_cached_rerun_sends_nothing_and_gives_the_same_records(
+    ray_session, tiny_teacher, tmp_path
+):
+    """Swap strategy, 2 rounds (round 2 asks new per-round prompts). The old call with an
+    Endpoint is `test_teacher_pool.py::TestHFBackend::test_generate_counterfactuals`.
+    Most of the time here is the teacher's Ray Data stages (~7 s each), not the LLM."""
+    from raydistill.config import GenerationConfig
+    from raydistill.pipelines.counterfactuals import generate_counterfactuals
+    from raydistill.pipelines.tasks import get_task
+    from raydistill.training.classifier import Classifier
+
+    texts = [
+        "a gorgeous , witty , seductive movie .",
+        "the plot is a dull and tired mess .",
+        "one of the best films of the year",
+    ]
+    logits = Classifier(tiny_teacher).logits(texts)
+    seeds = [
+        {"id": f"s{i}", "text": t, "label": i % 2, "teacher_logits": lg.tolist()}
+        for i, (t, lg) in enumerate(zip(texts, logits, strict=True))
+    ]
+    gen = GenerationConfig(
+        strategy="swap", num_candidates=3, rounds=2, max_new_tokens=12, swap_words=[2, 4]
+    )
+    spec = get_task("sst2")
+    with ScriptedLLM(_swap_answers) as server:
+        client = LLMClient(server.endpoint, "scripted:s", RequestCache.in_dir(tmp_path))
+        t0 = time.monotonic()
+        first, stats = generate_counterfactuals(
+            seeds, spec, client, tiny_teacher, gen, source="llm:s"
+        )
+        sent = server.count
+        print(f"\nswap, first run: {time.monotonic() - t0:.1f} s, {sent} requests")
+        assert sent > 0 and stats.llm["requests_sent"] == sent and stats.llm["errors"] == {}
+        assert stats.llm["cache_hits"] == 0
+        rounds = {int(p["seed"]) for p in server.received()}
+        server.reset()
+        t0 = time.monotonic()
+        again, again_stats = generate_counterfactuals(
+            seeds,
+            spec,
+            LLMClient(server.endpoint, "scripted:s", RequestCache.in_dir(tmp_path)),
+            tiny_teacher,
+            gen,
+            source="llm:s",
+        )
+        print(f"swap, rerun from the cache: {time.monotonic() - t0:.1f} s")
+        assert server.count == 0  # every request of every round came from the cache
+    assert rounds == {gen.seed + 1, gen.seed + 2}  # both rounds asked the pool
+    assert first == again and len(first) == 3
+    assert again_stats.llm["cache_hits"] == sent and again_stats.llm["requests_sent"] == 0
+    assert again_stats.generated_tokens == stats.generated_tokens > 0
+    assert again_stats.candidates == stats.candidates and again_stats.rejects == stats.rejects
+    with pytest.raises(TypeError, match="LLMClient"):
+        generate_counterfactuals(seeds, spec, client, tiny_teacher, gen, source="s", batch_size=4)
