@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from raydistill.cluster.report import arm_of
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -43,7 +45,7 @@ DATASETS = {
     "sst2-l6": (["student.num_layers=6"], "sst2"),
     # The CoD paper's free-form prompt ("change a few words") instead of the word swaps:
     # the same teacher and students, another generation strategy.
-    "sst2-rewrite": (["generation.strategy=rewrite"], "sst2"),
+    "sst2-rewrite": (["method.counterfactuals.strategy=rewrite"], "sst2"),
     # Ablation of the student recipe: the previous students (BERT's own [CLS]-pooler head,
     # one learning rate of 3e-4), the same teacher and word-swap counterfactuals.
     "sst2-cls-student": (
@@ -61,17 +63,17 @@ DATASETS = {
             # ~2.5 min on 2 cores. 99 % of CAD edits start within the first 126 tokens.
             "student.max_length=128",
             # One swapped word rarely flips a whole review: round 3 swaps up to 16.
-            "generation.swap_words=[3, 8, 16]",
-            "generation.rounds=3",
-            "generation.max_input_chars=700",
-            "generation.max_new_tokens=160",
+            "method.counterfactuals.swap_words=[3, 8, 16]",
+            "method.counterfactuals.rounds=3",
+            "method.counterfactuals.max_input_chars=700",
+            "method.counterfactuals.max_new_tokens=160",
         ],
         "imdb",
     ),
     "imdb-human": (
         [
             "data.task=imdb",
-            "data.human_counterfactuals=true",
+            "method.human_counterfactuals=true",
             "data.teacher_train_rows=null",
             "data.dev_rows=245",
             "teacher.max_length=256",
@@ -84,8 +86,8 @@ DATASETS = {
 
 
 def run_dataset(name: str, ks: list[int], seeds: list[int], methods: list[str], extra: list[str]):
-    from raydistill.cluster.run import run
     from raydistill.config import load_config
+    from raydistill.methods.cod import run
 
     overrides, _ = DATASETS[name]
     cfg = load_config(
@@ -95,7 +97,7 @@ def run_dataset(name: str, ks: list[int], seeds: list[int], methods: list[str], 
             f"out_dir={ROOT / 'benchmarks' / 'runs' / name}",
             f"experiment.ks={json.dumps(ks)}",
             f"experiment.seeds={json.dumps(seeds)}",
-            f"experiment.methods={json.dumps(methods)}",
+            f"experiment.arms={json.dumps(methods)}",
         ]
         + extra,
     )
@@ -111,7 +113,7 @@ def budget_check(rep: dict) -> list[str]:
     k/2 originals plus however many counterfactuals survived. Comparing it with KD at k/2
     (the same originals, no counterfactuals) isolates what the counterfactuals add.
     """
-    acc = {(r["method"], r["k"]): r for r in rep["summary"]}
+    acc = {(arm_of(r), r["k"]): r for r in rep["summary"]}
     rows = []
     for base in ("kd", "lwd"):
         for k in sorted({r["k"] for r in rep["summary"]}):
@@ -121,7 +123,7 @@ def budget_check(rep: dict) -> list[str]:
             n = [
                 r["train_rows"]
                 for r in rep["results"]
-                if r["method"] == f"{base}+cod" and r["k"] == k
+                if arm_of(r) == f"{base}+cod" and r["k"] == k
             ]
             half = acc.get((base, k // 2))
             full = acc.get((base, k))
@@ -186,7 +188,7 @@ def render(tables: dict, commands: dict[str, str], wall: dict[str, float]) -> st
             "|---|---|---|---|---|---|",
         ]
         for r in rep["summary"]:
-            paper = PAPER.get((task_key, r["method"], r["k"]))
+            paper = PAPER.get((task_key, arm_of(r), r["k"]))
             lines.append(
                 f"| {r['k']} | {r['method']} | {r['n_seeds']} | {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} | "
                 f"{r['fidelity']:.3f} | {'' if paper is None else f'{paper:.3f}'} |"
@@ -200,7 +202,7 @@ def render(tables: dict, commands: dict[str, str], wall: dict[str, float]) -> st
             lines += [
                 "",
                 "CoD gain (points): "
-                + ", ".join(f"{g['method']}@k={g['k']}: {100 * g['gain']:+.1f}" for g in gains),
+                + ", ".join(f"{arm_of(g)}@k={g['k']}: {100 * g['gain']:+.1f}" for g in gains),
             ]
         lines += budget_check(rep)
         lines += ["", f"![{name}](cod_{name}.png)", ""]
@@ -240,8 +242,8 @@ def plot(name: str, rep: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for m in sorted({r["method"] for r in rep["summary"]}):
-        rs = sorted((r for r in rep["summary"] if r["method"] == m), key=lambda r: r["k"])
+    for m in sorted({arm_of(r) for r in rep["summary"]}):
+        rs = sorted((r for r in rep["summary"] if arm_of(r) == m), key=lambda r: r["k"])
         ks = [r["k"] for r in rs]
         style = "-" if m.endswith("+cod") else "--"
         axes[0].errorbar(
@@ -325,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     for name, rep in tables.items():
         for g in rep.get("cod_gains", []):
-            print(f"{name} {g['method']} k={g['k']}: {100 * g['gain']:+.1f} points")
+            print(f"{name} {arm_of(g)} k={g['k']}: {100 * g['gain']:+.1f} points")
     print(
         f"mean over gains: {np.mean([g['gain'] for r in tables.values() for g in r.get('cod_gains', [])]) * 100:+.1f}"
     )

@@ -20,11 +20,18 @@ def _config(args):
     return load_config(args.recipe, args.overrides)
 
 
-def cmd_run(args) -> int:
-    from raydistill.cluster.run import run
+def _method(cfg):
+    """The recipe's method module, its checks run before any work starts."""
+    from raydistill.methods import get_method
 
+    method = get_method(cfg.method.name)
+    method.validate(cfg)
+    return method
+
+
+def cmd_run(args) -> int:
     cfg = _config(args)
-    report = run(cfg)
+    report = _method(cfg).run(cfg)
     print((__import__("pathlib").Path(cfg.out_dir) / "report.md").read_text())
     print(f"[raydistill] report written to {cfg.out_dir}/report.md, report.json, accuracy_vs_k.png")
     return 0 if report["results"] else 1
@@ -32,11 +39,13 @@ def cmd_run(args) -> int:
 
 def cmd_train(args) -> int:
     from raydistill.cluster.report import write_report
-    from raydistill.cluster.run import train
 
     cfg = _config(args)
-    results = train(cfg)
-    write_report(cfg.out_dir, cfg=cfg, results=results)
+    method = _method(cfg)
+    results = method.train(cfg)
+    write_report(
+        cfg.out_dir, cfg=cfg, results=results, baselines=getattr(method, "BASELINES", None)
+    )
     print(
         json.dumps([{k: r[k] for k in ("job", "accuracy", "fidelity")} for r in results], indent=1)
     )
@@ -44,12 +53,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from raydistill.cluster.run import Stopwatch, prepare
     from raydistill.cluster.runtime import ensure_ray
+    from raydistill.timing import Stopwatch
 
     cfg = _config(args)
+    method = _method(cfg)
     ensure_ray(cfg.cluster)
-    prep = prepare(cfg, Stopwatch())
+    prep = method.prepare(cfg, Stopwatch())
     print(json.dumps(prep.gen_stats, indent=2))
     print(f"[raydistill] counterfactuals in {cfg.out_dir}/counterfactuals.parquet")
     return 0
@@ -58,8 +68,8 @@ def cmd_generate(args) -> int:
 def cmd_train_teacher(args) -> int:
     from pathlib import Path
 
-    from raydistill.cluster.run import _subset
     from raydistill.cluster.runtime import ensure_ray
+    from raydistill.methods.stages import subset as _subset
     from raydistill.pipelines.datasets import load_split
     from raydistill.pipelines.tasks import get_task
     from raydistill.training.teacher import ensure_teacher
@@ -92,10 +102,27 @@ def cmd_report(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    from raydistill.cluster.runtime import ensure_ray
     from raydistill.training.tune import sweep
 
     cfg = _config(args)
-    sweep(cfg, recipe_path=args.recipe)
+    method = _method(cfg)
+    sweep(
+        cfg,
+        recipe_path=args.recipe,
+        prepare=method.prepare,
+        train=method.train,
+        arms=getattr(method, "ARMS", None),
+        ensure_ray=ensure_ray,
+    )
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from raydistill.methods import describe
+
+    for name, text in describe().items():
+        print(f"{name:10s} {text}")
     return 0
 
 
@@ -132,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
         return sp
 
-    recipe_cmd("run", cmd_run, "teacher → counterfactuals → students → report")
+    recipe_cmd("run", cmd_run, "the recipe's method end to end: prepare → … → report")
+    mp = sub.add_parser("methods", help="list the distillation methods a recipe can name")
+    mp.set_defaults(fn=cmd_methods)
     recipe_cmd(
         "generate", cmd_generate, "train/load the teacher and generate verified counterfactuals"
     )

@@ -17,32 +17,52 @@ import numpy as np
 METHOD_ORDER = ["ce", "ce+cod", "kd", "kd+cod", "lwd", "lwd+cod"]
 
 
+def arm_of(row: dict[str, Any]) -> str:
+    """A result row's arm (ledgers written before the rename call it "method")."""
+    return row.get("arm") or row["method"]
+
+
 def aggregate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean ± std over seeds per (method, k)."""
+    """Mean ± std over seeds per (arm, k)."""
     groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for r in results:
-        groups[(r["method"], int(r["k"]))].append(r)
+        groups[(arm_of(r), int(r["k"]))].append(r)
     rows = []
     for (method, k), rs in groups.items():
-        row: dict[str, Any] = {"method": method, "k": k, "n_seeds": len(rs)}
+        row: dict[str, Any] = {"arm": method, "k": k, "n_seeds": len(rs)}
         for metric in ("accuracy", "fidelity", "boundary_fidelity"):
             vals = [r[metric] for r in rs if r.get(metric) is not None]
             row[metric] = float(np.mean(vals)) if vals else None
             row[f"{metric}_std"] = float(np.std(vals)) if vals else None
         rows.append(row)
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    rows.sort(key=lambda r: (r["k"], order.get(r["method"], 99), r["method"]))
+    rows.sort(key=lambda r: (r["k"], order.get(r["arm"], 99), r["arm"]))
     return rows
 
 
-def cod_gains(agg: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Accuracy gain of each +cod method over its baseline, per k."""
-    by = {(r["method"], r["k"]): r for r in agg}
+# CoD's arms and the baseline each is compared with (the method's arm registry declares
+# these; reports re-rendered from an old run folder fall back to them).
+COD_BASELINES = {"ce+cod": "ce", "kd+cod": "kd", "lwd+cod": "lwd"}
+
+
+def cod_gains(
+    agg: list[dict[str, Any]], baselines: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Accuracy gain of each arm over its declared baseline, per k (both must have run)."""
+    baselines = COD_BASELINES if baselines is None else baselines
+    by = {(arm_of(r), r["k"]): r for r in agg}
     gains = []
     for (m, k), r in sorted(by.items(), key=lambda x: (x[0][1], x[0][0])):
-        if m.endswith("+cod") and (m[:-4], k) in by:
-            base = by[(m[:-4], k)]
-            gains.append({"k": k, "method": m, "gain": r["accuracy"] - base["accuracy"]})
+        base = by.get((baselines.get(m), k))
+        if base is not None:
+            gains.append(
+                {
+                    "k": k,
+                    "arm": m,
+                    "baseline": arm_of(base),
+                    "gain": r["accuracy"] - base["accuracy"],
+                }
+            )
     return gains
 
 
@@ -61,10 +81,10 @@ def plot_accuracy_vs_k(
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    methods = [m for m in METHOD_ORDER if any(r["method"] == m for r in agg)]
-    methods += sorted({r["method"] for r in agg} - set(methods))
+    methods = [m for m in METHOD_ORDER if any(arm_of(r) == m for r in agg)]
+    methods += sorted({arm_of(r) for r in agg} - set(methods))
     for m in methods:
-        rs = sorted((r for r in agg if r["method"] == m), key=lambda r: r["k"])
+        rs = sorted((r for r in agg if arm_of(r) == m), key=lambda r: r["k"])
         ks = [r["k"] for r in rs]
         ax.errorbar(
             ks,
@@ -98,10 +118,16 @@ def write_report(
     timings: dict[str, float] | None = None,
     peak_memory_mb: dict[str, float] | None = None,
     cluster: dict[str, Any] | None = None,
+    baselines: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """Aggregate a run's ledger into report.{json,md} and accuracy_vs_k.png.
+
+    Anything not given is taken from the previous report.json, so `raydistill report`
+    re-renders a finished run folder.
+    """
     out = Path(out_dir)
     if results is None:
-        from raydistill.cluster.run import read_results
+        from raydistill.cluster.ledger import read_results
 
         results = read_results(out)
     if not results:
@@ -114,28 +140,32 @@ def write_report(
     peak_memory_mb = peak_memory_mb or prev.get("peak_memory_mb") or {}
     cluster = cluster or prev.get("cluster") or {}
     task = cfg.data.task if cfg is not None else prev.get("task", "?")
+    baselines = baselines or prev.get("baselines") or COD_BASELINES
     agg = aggregate(results)
-    gains = cod_gains(agg)
+    gains = cod_gains(agg, baselines)
     g = gen_stats or {}
     report = {
         "task": task,
         "results": [
             {
-                k: r.get(k)
-                for k in (
-                    "method",
-                    "k",
-                    "seed",
-                    "accuracy",
-                    "fidelity",
-                    "boundary_fidelity",
-                    "train_rows",
-                    "checkpoint",
-                )
+                "arm": arm_of(r),
+                **{
+                    k: r.get(k)
+                    for k in (
+                        "k",
+                        "seed",
+                        "accuracy",
+                        "fidelity",
+                        "boundary_fidelity",
+                        "train_rows",
+                        "checkpoint",
+                    )
+                },
             }
             for r in results
         ],
         "summary": agg,
+        "baselines": baselines,
         "cod_gains": gains,
         "counterfactuals": {
             "flip_rate": g.get("flip_rate"),
@@ -177,12 +207,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [
         "## Student accuracy (mean ± std over seeds)",
         "",
-        "| k | method | seeds | accuracy | fidelity | boundary fidelity |",
+        "| k | arm | seeds | accuracy | fidelity | boundary fidelity |",
         "|---|---|---|---|---|---|",
     ]
     for r in report["summary"]:
         lines.append(
-            f"| {r['k']} | {r['method']} | {r['n_seeds']} | {_fmt(r['accuracy'], r['accuracy_std'])} | "
+            f"| {r['k']} | {arm_of(r)} | {r['n_seeds']} | {_fmt(r['accuracy'], r['accuracy_std'])} | "
             f"{_fmt(r['fidelity'], r['fidelity_std'])} | "
             f"{_fmt(r['boundary_fidelity'], r['boundary_fidelity_std'])} |"
         )
@@ -191,11 +221,12 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             "## CoD gain over its baseline (accuracy points)",
             "",
-            "| k | method | gain |",
-            "|---|---|---|",
+            "| k | arm | baseline | gain |",
+            "|---|---|---|---|",
         ]
         for gn in report["cod_gains"]:
-            lines.append(f"| {gn['k']} | {gn['method']} | {100 * gn['gain']:+.1f} |")
+            base = gn.get("baseline") or COD_BASELINES.get(arm_of(gn), "?")
+            lines.append(f"| {gn['k']} | {arm_of(gn)} | {base} | {100 * gn['gain']:+.1f} |")
     c = report["counterfactuals"]
     if c and c.get("flip_rate") is not None:
         lines += ["", "## Counterfactuals", ""]

@@ -8,20 +8,21 @@ strings, parsed as YAML scalars so `student.alpha=0.5` is a float and `ks=[8,16]
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A recipe or override names an unknown key or has a value of the wrong type."""
-
+from raydistill.recipes import (  # noqa: F401  (re-exported: the config API)
+    ConfigError,
+    check_moved,
+    from_dict,
+    merge_dicts,
+    parse_overrides,
+    stable_hash,
+)
 
 POOLINGS = ("mean", "native")
 
@@ -31,6 +32,9 @@ def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
 
 
+TASK_KINDS = ("classification", "token_classification", "seq2seq", "mcqa")
+
+
 @dataclass
 class DataConfig:
     """Which task, where its files live, and how much of it each stage uses."""
@@ -38,21 +42,37 @@ class DataConfig:
     task: str = "sst2"
     # Local folder with the task's files; falls back to $RAYDISTILL_DATA_DIR, then the Hub.
     data_dir: str | None = None
-    # For task="custom": files and columns (CSV/TSV/JSONL), label names in index order.
+    # For task="custom": its kind, files and columns (CSV/TSV/JSONL), label names in index
+    # order. Built-in tasks declare their own kind and columns (pipelines/tasks.py).
+    kind: str = "classification"
     train_file: str | None = None
     dev_file: str | None = None
     test_file: str | None = None
+    # classification: text (+ text_pair for premise/hypothesis tasks) → label
     text_column: str = "text"
+    text_pair_column: str | None = None
     label_column: str = "label"
     label_names: list[str] | None = None
+    # token_classification: a list of tokens and a list of BIO tags per row
+    tokens_column: str = "tokens"
+    tags_column: str = "tags"
+    # seq2seq: source → target (e.g. article → headline)
+    source_column: str = "source"
+    target_column: str = "target"
+    # mcqa: question, a list of choices, the answer (index or choice text), explanation
+    question_column: str = "question"
+    choices_column: str = "choices"
+    answer_column: str = "answer"
+    explanation_column: str = "explanation"
     # Rows the teacher classifier trains on (None = the whole train split).
     teacher_train_rows: int | None = 8000
     # Rows used for best-on-dev selection of students (drawn from a split the k-shot
     # samples never come from) and for the reported test metric (None = all).
     dev_rows: int | None = 256
     test_rows: int | None = None
-    # IMDB only: take counterfactuals from the human CAD edits instead of the LLM.
-    human_counterfactuals: bool = False
+
+    def __post_init__(self) -> None:
+        _one_of("data.kind", self.kind, TASK_KINDS)
 
 
 @dataclass
@@ -110,8 +130,8 @@ class PoolConfig:
 
 
 @dataclass
-class GenerationConfig:
-    """How counterfactual candidates are sampled and verified."""
+class CounterfactualConfig:
+    """How CoD's counterfactual candidates are sampled and verified (`method.counterfactuals`)."""
 
     num_candidates: int = 6
     rounds: int = 2
@@ -136,9 +156,37 @@ class GenerationConfig:
     swap_words: list[int] = field(default_factory=lambda: [3, 8])
 
     def __post_init__(self) -> None:
-        _one_of("generation.strategy", self.strategy, ("rewrite", "swap"))
+        _one_of("method.counterfactuals.strategy", self.strategy, ("rewrite", "swap"))
         if not self.swap_words or any(n < 1 for n in self.swap_words):
-            raise ConfigError(f"generation.swap_words: positive integers, got {self.swap_words}")
+            raise ConfigError(
+                f"method.counterfactuals.swap_words: positive integers, got {self.swap_words}"
+            )
+
+
+@dataclass
+class MethodConfig:
+    """The `method:` section, tagged by `name`: one dataclass per method.
+
+    A method module (`raydistill.methods`) registers its dataclass in `VARIANTS`; the
+    recipe's `method.name` picks it, so each method's options are typed and checked.
+    """
+
+    VARIANTS: ClassVar[dict[str, type]] = {}
+    DEFAULT: ClassVar[str] = "cod"
+    name: str = "cod"
+
+
+@dataclass
+class CodConfig(MethodConfig):
+    """Counterfactual-infused distillation: k/2 originals + their counterfactuals."""
+
+    name: str = "cod"
+    counterfactuals: CounterfactualConfig = field(default_factory=CounterfactualConfig)
+    # IMDB only: take counterfactuals from the human CAD edits instead of the LLM.
+    human_counterfactuals: bool = False
+
+
+MethodConfig.VARIANTS["cod"] = CodConfig
 
 
 @dataclass
@@ -146,6 +194,9 @@ class StudentConfig:
     """The student and the distillation loss L = CE + α·T²·KL + β·L_LWD."""
 
     backbone: str = "all-minilm-l6-v2"
+    # sequence_classification | token_classification | seq2seq | causal_lm; None = the
+    # task kind's default (training/student_kinds.py).
+    kind: str | None = None
     # Keep the first N transformer layers of the backbone (None = all).
     num_layers: int | None = 2
     # mean | native, as for the teacher. Mean-pooled MiniLM students learn from
@@ -182,12 +233,12 @@ class StudentConfig:
 
 @dataclass
 class ExperimentConfig:
-    """The grid a `run` covers: methods × k × seeds."""
+    """The grid a `run` covers: loss arms × k × seeds."""
 
-    methods: list[str] = field(default_factory=lambda: ["kd", "kd+cod", "lwd", "lwd+cod"])
+    arms: list[str] = field(default_factory=lambda: ["kd", "kd+cod", "lwd", "lwd+cod"])
     ks: list[int] = field(default_factory=lambda: [8, 16])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    # β used by the LWD methods (KD methods use β=0).
+    # β used by the LWD arms (KD arms use β=0).
     lwd_beta: float = 1.0
 
 
@@ -232,7 +283,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
-    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    method: MethodConfig = field(default_factory=CodConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
@@ -246,100 +297,12 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-# ---------------------------------------------------------------- building from data
-
-
-def _type_hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check a YAML value against a dataclass field type (lenient on int→float)."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return from_dict(hint, value, where)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item,) = args or (Any,)
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if hint is Any:
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is bool and not isinstance(value, bool):
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if hint in (int, float, str) and not isinstance(value, hint):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
-
-
-def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
-    hints = _type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(
-            f"unknown key(s) {', '.join(prefix + u for u in unknown)}; "
-            f"known: {', '.join(sorted(names))}"
-        )
-    kwargs = {}
-    for k, v in data.items():
-        kwargs[k] = _coerce(v, hints[k], f"{where}.{k}" if where else k)
-    return cls(**kwargs)
-
-
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted}: {p} is not a section")
-    node[parts[-1]] = value
-
-
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for o in overrides:
-        if "=" not in o:
-            raise ConfigError(f"override {o!r} is not key=value")
-        key, raw = o.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else None)
-    return tree
-
-
-def merge_dicts(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Nested merge, `extra` wins; recipes + overrides and sweep params share it."""
-    out = dict(base)
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge_dicts(out[k], v)
-        else:
-            out[k] = v
-    return out
+# Keys that moved; an old recipe gets an error naming the new place.
+MOVED_KEYS: dict[str, str] = {
+    "generation": "method.counterfactuals (with method.name: cod)",
+    "experiment.methods": "experiment.arms",
+    "data.human_counterfactuals": "method.human_counterfactuals",
+}
 
 
 def load_config(recipe: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -356,16 +319,12 @@ def load_config(recipe: str | Path | None = None, overrides: list[str] | None = 
         if not isinstance(data, dict):
             raise ConfigError(f"recipe {path} must be a mapping at top level")
     data = merge_dicts(data, parse_overrides(overrides or []))
-    return from_dict(RunConfig, data)
+    return config_from_dict(data)
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    check_moved(data, MOVED_KEYS)
     return from_dict(RunConfig, data)
-
-
-def stable_hash(obj: Any) -> str:
-    """Short content hash of JSON-able data: the cache key for teachers and generations."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from raydistill.config import GenerationConfig
+from raydistill.config import CounterfactualConfig
 from raydistill.pipelines.counterfactual_checks import clean_candidate
 from raydistill.pipelines.edits import word_edit_distance
 from raydistill.pipelines.llm_requests import LLMClient
@@ -217,7 +217,7 @@ def generate_counterfactuals(
     spec: TaskSpec,
     llm: LLMClient | Any = None,
     teacher_dir: str | None = None,
-    gen: GenerationConfig | None = None,
+    gen: CounterfactualConfig | None = None,
     *,
     source: str,
     endpoint: Any = None,

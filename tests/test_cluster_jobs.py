@@ -74,7 +74,7 @@ def test_job_submission_runs_smoke_job(head_node, tmp_path):
     entry = (
         "raydistill run recipes/smoke-cod.yaml "
         f"out_dir={out} cache_dir={cache} data.teacher_train_rows=600 "
-        "'experiment.methods=[kd]' student.epochs=5"
+        "'experiment.arms=[kd]' student.epochs=5"
     )
     submit = dict(
         entrypoint=entry,
@@ -108,7 +108,7 @@ def test_job_submission_runs_smoke_job(head_node, tmp_path):
     logs = client.get_job_logs(job_id)
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
     report = json.loads((out / "report.json").read_text())
-    assert [r["method"] for r in report["results"]] == ["kd"]
+    assert [r["arm"] for r in report["results"]] == ["kd"]
     assert "raydistill report: sst2" in logs
 
 
@@ -117,7 +117,7 @@ def test_two_node_cluster_generation_and_training(no_session_ray, tmp_path):
     import ray
     from ray.cluster_utils import Cluster
 
-    from raydistill.cluster.run import run
+    from raydistill.methods.cod import run
     from raydistill.config import load_config
 
     cluster = Cluster(
@@ -135,10 +135,10 @@ def test_two_node_cluster_generation_and_training(no_session_ray, tmp_path):
                 f"out_dir={tmp_path / 'out'}",
                 f"cache_dir={tmp_path / 'cache'}",
                 "data.teacher_train_rows=600",
-                "experiment.methods=[kd+cod]",
+                "experiment.arms=[kd+cod]",
                 "student.epochs=5",
                 "student.placement_strategy=STRICT_SPREAD",
-                "generation.rounds=1",
+                "method.counterfactuals.rounds=1",
             ],
         )
         report = run(cfg)

@@ -1,9 +1,15 @@
 """The whole CoD path on a real local Ray cluster, with tiny models.
 
-Teacher trained with Ray Train → one Ray Data annotation pass → `hf` teacher pool on Ray
-Serve → Ray Data generation with teacher verification → students on 2 Ray Train workers
-with DeepSpeed ZeRO-2 → HF checkpoints → evaluation → report files. Then a rerun resumes
-without retraining anything.
+Teacher trained with Ray Train → one Ray Data annotation pass → Ray Data generation through
+the LLM request layer with teacher verification → students on 2 Ray Train workers with
+DeepSpeed → HF checkpoints → evaluation → report files. Then a rerun resumes without
+retraining anything and without sending a request.
+
+The generator is a scripted OpenAI-compatible server (`pool.backend=openai`) answering
+each swap request with strong sentiment words of both polarities: a random tiny LLM
+(the smoke recipe's `hf` pool, tested in test_teacher_pool.py) flips no seed, and a run
+with zero counterfactuals would test nothing of CoD. Here the teacher must verify at
+least one flip and the CoD arms must train on it.
 """
 
 import json
@@ -15,15 +21,28 @@ from raydistill.config import load_config
 pytestmark = pytest.mark.ray
 
 
+SWAP_WORDS = ["awful", "wonderful", "terrible", "brilliant", "dull", "moving"]
+
+
+def _swap_answers(payload):
+    from scripted_llm import completion
+
+    n = int((payload or {}).get("n") or 1)
+    return 200, completion([SWAP_WORDS[i % len(SWAP_WORDS)] for i in range(n)])
+
+
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, ray_session, data_dir):
-    import socket
+def generator():
+    from scripted_llm import ScriptedLLM
 
-    from raydistill.cluster.run import run
+    with ScriptedLLM(_swap_answers) as llm:
+        yield llm
 
-    with socket.socket() as sock:  # Serve's HTTP port: 8000 may be taken on a shared machine
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, ray_session, data_dir, generator):
+    from raydistill.methods.cod import run
+
     out = tmp_path_factory.mktemp("smoke")
     cache = tmp_path_factory.mktemp("cache")
     cfg = load_config(
@@ -32,8 +51,10 @@ def smoke_run(tmp_path_factory, ray_session, data_dir):
             f"out_dir={out}",
             f"cache_dir={cache}",
             "data.teacher_train_rows=1500",
-            "generation.rounds=2",
-            f"pool.http_port={port}",
+            "method.counterfactuals.rounds=2",
+            "pool.backend=openai",
+            f"pool.url={generator.base_url}",
+            "pool.model=scripted-swaps",
         ],
     )
     report = run(cfg)
@@ -51,8 +72,8 @@ def test_report_files_and_schema(smoke_run):
     ):
         assert (out / name).exists(), name
     data = json.loads((out / "report.json").read_text())
-    methods = {r["method"] for r in data["results"]}
-    assert methods == set(cfg.experiment.methods)
+    methods = {r["arm"] for r in data["results"]}
+    assert methods == set(cfg.experiment.arms)
     for r in data["results"]:
         assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["fidelity"] <= 1.0
         assert r["k"] == 8 and r["seed"] == 0
@@ -60,6 +81,9 @@ def test_report_files_and_schema(smoke_run):
     assert 0.0 <= c["flip_rate"] <= 1.0 and c["tokens_per_s"] > 0
     assert c["seeds"] == 4  # k/2 originals of the one seed
     assert c["seeds"] == c["flipped"] + c["no_counterfactual"]
+    assert c["flipped"] >= 1, c  # the teacher verified at least one counterfactual
+    llm = c["this_run"]["llm"]
+    assert llm["requests_sent"] > 0 and llm["errors"] == {}
 
 
 def test_counterfactual_records_are_complete(smoke_run):
@@ -70,7 +94,7 @@ def test_counterfactual_records_are_complete(smoke_run):
     assert len(rows) == 4
     for r in rows:
         assert {"id", "parent_id", "source", "flipped", "attempts", "edit_words"} <= set(r)
-        assert r["source"] == "llm:tiny-llama" and r["id"] == f"{r['parent_id']}/cf"
+        assert r["source"] == "llm:scripted-swaps" and r["id"] == f"{r['parent_id']}/cf"
         assert r["attempts"] >= 4
         if r["flipped"]:
             assert r["text"] and r["edit_words"] >= 0 and len(r["teacher_logits"]) == 2
@@ -83,12 +107,13 @@ def test_counterfactual_records_are_complete(smoke_run):
 def test_cod_budget(smoke_run):
     _cfg, out, _ = smoke_run
     res = {
-        json.loads(x)["method"]: json.loads(x)
+        json.loads(x)["arm"]: json.loads(x)
         for x in (out / "results.jsonl").read_text().splitlines()
     }
     assert res["kd"]["train_rows"] == 8 and res["kd"]["counterfactuals"] == 0
     assert res["kd+cod"]["originals"] == 4
     assert res["kd+cod"]["train_rows"] == 4 + res["kd+cod"]["counterfactuals"]
+    assert res["kd+cod"]["counterfactuals"] >= 1  # the CoD arm trained on a verified flip
 
 
 def test_student_checkpoint_loads_with_plain_transformers(smoke_run):
@@ -108,10 +133,12 @@ def test_student_checkpoint_loads_with_plain_transformers(smoke_run):
     assert logits.shape == (2, 2)
 
 
-def test_rerun_resumes_without_work(smoke_run):
-    from raydistill.cluster.run import Stopwatch, prepare, train
+def test_rerun_resumes_without_work(smoke_run, generator):
+    from raydistill.methods.cod import prepare, train
+    from raydistill.timing import Stopwatch
 
     cfg, out, _ = smoke_run
+    sent = generator.count
     before = (out / "results.jsonl").read_text()
     sw = Stopwatch()
     prep = prepare(cfg, sw)
@@ -120,3 +147,4 @@ def test_rerun_resumes_without_work(smoke_run):
     results = train(cfg, prep, sw)
     assert "train" not in sw.t  # nothing left to train
     assert len(results) == 4 and (out / "results.jsonl").read_text() == before
+    assert generator.count == sent  # no request went to the generator again

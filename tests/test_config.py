@@ -17,11 +17,9 @@ def test_there_are_recipes():
 def test_every_recipe_loads(recipe):
     cfg = load_config(recipe)
     assert isinstance(cfg, RunConfig)
-    from raydistill.cluster.run import check_methods
-    from raydistill.pipelines.tasks import get_task
+    from raydistill.methods import get_method
 
-    check_methods(cfg.experiment.methods)
-    get_task(cfg.data.task, cfg.data.label_names)
+    get_method(cfg.method.name).validate(cfg)
 
 
 def test_overrides_are_typed():
@@ -60,7 +58,7 @@ def test_missing_recipe(tmp_path):
 
 def test_student_signature_ignores_execution_knobs_only():
     """Reruns reuse students across ZeRO stages/placements, never across learning changes."""
-    from raydistill.cluster.run import student_signature
+    from raydistill.cluster.ledger import student_signature
 
     base = load_config(RECIPE_DIR / "sst2-cod.yaml", [])
     sig = student_signature(base, "/t/a")
@@ -74,18 +72,49 @@ def test_student_signature_ignores_execution_knobs_only():
     )
     assert student_signature(base, "/t/b") != sig
     # New generations (another prompt version or generator) retrain the CoD students.
-    assert student_signature(base, "/t/a", "gen-1") != student_signature(base, "/t/a", "gen-2")
+    gen1 = student_signature(base, "/t/a", {"counterfactuals": "gen-1"})
+    assert gen1 != student_signature(base, "/t/a", {"counterfactuals": "gen-2"})
+    # Every data setting that picks rows changes the result; where files live does not.
+    for change in ("data.dev_rows=100", "data.test_rows=50", "data.teacher_train_rows=10"):
+        other = load_config(RECIPE_DIR / "sst2-cod.yaml", [change])
+        assert student_signature(other, "/t/a") != sig, change
+    moved = load_config(RECIPE_DIR / "sst2-cod.yaml", ["data.data_dir=/elsewhere"])
+    assert student_signature(moved, "/t/a") == sig
+
+
+@pytest.mark.parametrize(
+    ("override", "new_place"),
+    [
+        ("generation.rounds=1", "method.counterfactuals"),
+        ("experiment.methods=[kd]", "experiment.arms"),
+        ("data.human_counterfactuals=true", "method.human_counterfactuals"),
+    ],
+)
+def test_moved_keys_name_their_new_place(override, new_place):
+    with pytest.raises(ConfigError, match=rf"has moved to {new_place}"):
+        load_config(None, [override])
+
+
+def test_method_section_is_tagged():
+    from raydistill.config import CodConfig
+
+    cfg = load_config(None, ["method.counterfactuals.rounds=3"])
+    assert isinstance(cfg.method, CodConfig) and cfg.method.counterfactuals.rounds == 3
+    with pytest.raises(ConfigError, match=r"method\.name: 'nope' is not one of cod"):
+        load_config(None, ["method.name=nope"])
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) method\.rounds"):
+        load_config(None, ["method.rounds=3"])
 
 
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         (
-            "generation.strategy=paraphrase",
-            r"generation\.strategy: 'paraphrase' is not one of rewrite, swap",
+            "method.counterfactuals.strategy=paraphrase",
+            r"method\.counterfactuals\.strategy: 'paraphrase' is not one of rewrite, swap",
         ),
-        ("generation.swap_words=[]", r"generation\.swap_words"),
-        ("generation.swap_words=[3, 0]", r"generation\.swap_words"),
+        ("method.counterfactuals.swap_words=[]", r"method\.counterfactuals\.swap_words"),
+        ("method.counterfactuals.swap_words=[3, 0]", r"method\.counterfactuals\.swap_words"),
         ("student.pooling=max", r"student\.pooling: 'max' is not one of mean, native"),
         ("teacher.pooling=cls", r"teacher\.pooling"),
     ],

@@ -540,7 +540,7 @@ def test_cod_through_the_client_a_cached_rerun_sends_nothing_and_gives_the_same_
     """Swap strategy, 2 rounds (round 2 asks new per-round prompts). The old call with an
     Endpoint is `test_teacher_pool.py::TestHFBackend::test_generate_counterfactuals`.
     Most of the time here is the teacher's Ray Data stages (~7 s each), not the LLM."""
-    from raydistill.config import GenerationConfig
+    from raydistill.config import CounterfactualConfig
     from raydistill.pipelines.counterfactuals import generate_counterfactuals
     from raydistill.pipelines.tasks import get_task
     from raydistill.training.classifier import Classifier
@@ -555,7 +555,7 @@ def test_cod_through_the_client_a_cached_rerun_sends_nothing_and_gives_the_same_
         {"id": f"s{i}", "text": t, "label": i % 2, "teacher_logits": lg.tolist()}
         for i, (t, lg) in enumerate(zip(texts, logits, strict=True))
     ]
-    gen = GenerationConfig(
+    gen = CounterfactualConfig(
         strategy="swap", num_candidates=3, rounds=2, max_new_tokens=12, swap_words=[2, 4]
     )
     spec = get_task("sst2")

@@ -425,7 +425,7 @@ class TestHFBackend:
         import numpy as np
         from transformers import AutoTokenizer
 
-        from raydistill.config import GenerationConfig
+        from raydistill.config import CounterfactualConfig
         from raydistill.pipelines.counterfactuals import generate_counterfactuals
         from raydistill.pipelines.edits import word_edit_distance
         from raydistill.pipelines.tasks import get_task
@@ -448,7 +448,7 @@ class TestHFBackend:
             {"id": f"s{i}", "text": t, "label": i % 2, "teacher_logits": lg.tolist()}
             for i, (t, lg) in enumerate(zip(texts, logits, strict=True))
         ]
-        gen = GenerationConfig(
+        gen = CounterfactualConfig(
             strategy=strategy, num_candidates=3, rounds=2, max_new_tokens=12, swap_words=[2, 4]
         )
         records, stats = generate_counterfactuals(

@@ -15,7 +15,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from raydistill.cluster.runtime import ensure_ray
 from raydistill.config import ConfigError, RunConfig, load_config
+from raydistill.methods import cod
+from raydistill.methods.cod import ARMS
 from raydistill.training import tune as T
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,7 +143,7 @@ def test_trial_config_sets_out_dir_and_workers(tmp_path):
 
 def test_check_sweep_on_recipes():
     for name in ("smoke-sweep.yaml", "sst2-sweep.yaml"):
-        dists, metric = T.check_sweep(load_config(ROOT / "recipes" / name))
+        dists, metric = T.check_sweep(load_config(ROOT / "recipes" / name), ARMS)
         assert metric == "mean_dev_accuracy"
         assert T.grid_size(dists) * load_config(ROOT / "recipes" / name).sweep.num_samples >= 4
 
@@ -153,30 +156,30 @@ def test_check_sweep_on_recipes():
         (["sweep.scheduler=pbt"], "asha or fifo"),
         (["sweep.search_alg=hyperopt"], "random or optuna"),
         (["sweep.max_concurrent_trials=0"], "max_concurrent_trials must be >= 1"),
-        (["experiment.methods=[kd,kd+cod]"], "experiment.lwd_beta has no effect"),
+        (["experiment.arms=[kd,kd+cod]"], "experiment.lwd_beta has no effect"),
         (["sweep.search_alg=optuna"], "optuna cannot take grid"),
     ],
 )
 def test_check_sweep_errors(overrides, match):
     with pytest.raises(ConfigError, match=match):
-        T.check_sweep(load_config(SMOKE, overrides))
+        T.check_sweep(load_config(SMOKE, overrides), ARMS)
 
 
 def test_check_sweep_rejects_two_betas():
     cfg = load_config(SMOKE)
     cfg.sweep.space = dict(cfg.sweep.space, **{"student.beta": [1.0, 2.0]})
     with pytest.raises(ConfigError, match="same β"):
-        T.check_sweep(cfg)
+        T.check_sweep(cfg, ARMS)
 
 
 def test_check_sweep_type_checks_values_early():
     cfg = load_config(SMOKE)
     cfg.sweep.space = {"student.epochs": {"type": "uniform", "low": 1, "high": 5}}
     with pytest.raises(ConfigError, match="student.epochs: expected an integer"):
-        T.check_sweep(cfg)
+        T.check_sweep(cfg, ARMS)
     cfg.sweep.space = {"student.alpha": {"type": "choice", "values": [0.5, "high"]}}
     with pytest.raises(ConfigError, match="student.alpha: expected float"):
-        T.check_sweep(cfg)
+        T.check_sweep(cfg, ARMS)
 
 
 def test_optuna_missing_is_a_clear_error():
@@ -187,22 +190,7 @@ def test_optuna_missing_is_a_clear_error():
     cfg = load_config(SMOKE, ["sweep.search_alg=optuna"])
     cfg.sweep.space = {"student.alpha": {"type": "uniform", "low": 0.0, "high": 2.0}}
     with pytest.raises(ConfigError, match=r"needs the optuna package"):
-        T.check_sweep(cfg)
-
-
-def test_no_prepare_guard_blocks_teacher_and_pool():
-    from raydistill.cluster import run as run_mod
-    from raydistill.training import teacher as teacher_mod
-
-    before = (run_mod.prepare, run_mod.generate_cached, teacher_mod.ensure_teacher)
-    with T.no_prepare():
-        with pytest.raises(RuntimeError, match="run prepare"):
-            run_mod.prepare(None)
-        with pytest.raises(RuntimeError, match="generate counterfactuals"):
-            run_mod.generate_cached(None, None, [], "")
-        with pytest.raises(RuntimeError, match="train a teacher"):
-            teacher_mod.ensure_teacher()
-    assert (run_mod.prepare, run_mod.generate_cached, teacher_mod.ensure_teacher) == before
+        T.check_sweep(cfg, ARMS)
 
 
 # ------------------------------------------------------------ scheduler and results
@@ -385,16 +373,23 @@ def test_smoke_sweep_end_to_end(tmp_path_factory, ray_dashboard, data_dir):
             "data.dev_rows=32",
             "data.test_rows=32",
             "teacher.epochs=1",
-            "generation.rounds=1",
-            "generation.num_candidates=2",
+            "method.counterfactuals.rounds=1",
+            "method.counterfactuals.num_candidates=2",
             "student.epochs=4",
             "student.eval_every=2",
-            "experiment.methods=[lwd+cod]",  # the CoD path: the driver runs the LLM pool once
+            "experiment.arms=[lwd+cod]",  # the CoD path: the driver runs the LLM pool once
             # Serve's proxy on a free port: 8000 may belong to another Ray on this machine.
             f"pool.http_port={_free_port(8400, 8499)}",
         ],
     )
-    summary = T.sweep(cfg, recipe_path=str(SMOKE))
+    summary = T.sweep(
+        cfg,
+        recipe_path=str(SMOKE),
+        prepare=cod.prepare,
+        train=cod.train,
+        arms=ARMS,
+        ensure_ray=ensure_ray,
+    )
 
     sweep_dir = out / "sweep"
     for name in ("trials.json", "trials.md", "best.yaml", "sweep.png"):
@@ -419,7 +414,7 @@ def test_smoke_sweep_end_to_end(tmp_path_factory, ray_dashboard, data_dir):
     best_cfg = load_config(sweep_dir / "best.yaml")
     assert best_cfg.student.alpha == best["params"]["student.alpha"]
     assert best_cfg.experiment.lwd_beta == best["params"]["experiment.lwd_beta"]
-    assert best_cfg.cache_dir == str(cache) and best_cfg.experiment.methods == ["lwd+cod"]
+    assert best_cfg.cache_dir == str(cache) and best_cfg.experiment.arms == ["lwd+cod"]
 
     # One teacher, trained by the driver; the trials reused its prep (a trial calling
     # prepare/ensure_teacher/generate_cached raises, which would show as an error above).

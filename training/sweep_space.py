@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ _NOT_SWEPT = {
     "num_workers": "set sweep.workers_per_trial",
     "use_gpu": "a resource setting, the same for every trial",
     "placement_strategy": "a resource setting, the same for every trial",
+    "kind": "the student kind follows the task; trials share one prepared data set",
 }
 # section → (dataclass, sweepable fields). Anything else would change what prepare()
 # computed (teacher, data, k-shot plan, counterfactuals) or how the sweep itself runs.
@@ -54,7 +56,7 @@ SWEEPABLE: dict[str, tuple[type, set[str]]] = {
     ),
     "experiment": (ExperimentConfig, {"lwd_beta"}),
 }
-# Keys that only some methods read: sweeping them with no such method is wasted compute.
+# Keys that only some arms read: sweeping them with no such arm is wasted compute.
 _KD_KEYS = {"student.alpha", "student.temperature"}
 _LWD_KEYS = {"student.beta", "experiment.lwd_beta", "student.lwd_layer_map"}
 TRIAL_MEMORY = 256 * 1024**2  # the Tune trial's own request (it only drives a TorchTrainer)
@@ -264,24 +266,32 @@ def trial_config(
     return cfg
 
 
-def check_sweep(cfg: RunConfig) -> tuple[dict[str, Dist], str]:
-    """Validate everything about the sweep before any work starts; return (space, metric)."""
-    from raydistill.cluster.run import METHODS, check_methods
+def check_sweep(
+    cfg: RunConfig, arms: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Dist], str]:
+    """Validate everything about the sweep before any work starts; return (space, metric).
 
+    `arms` is the method's arm registry (name → arm with `kd` / `lwd` flags): with it, a
+    key that none of the run's arms reads is refused (every trial would be the same).
+    """
     s = cfg.sweep
     dists = parse_space(s.space)
     for d in dists.values():
         for v in d.examples():
             apply_params(cfg, {d.key: v})  # type errors, e.g. a float for an int field
-    check_methods(cfg.experiment.methods)
-    kd = any(METHODS[m][0] for m in cfg.experiment.methods)
-    lwd = any(METHODS[m][1] for m in cfg.experiment.methods)
+    if arms is not None:
+        bad = [m for m in cfg.experiment.arms if m not in arms]
+        if bad:
+            raise ConfigError(f"experiment.arms: unknown arm(s) {bad}; known: {', '.join(arms)}")
+    chosen = [arms[m] for m in cfg.experiment.arms] if arms is not None else []
+    kd = arms is None or any(a.kd for a in chosen)
+    lwd = arms is None or any(a.lwd for a in chosen)
     for key in dists:
         if (key in _KD_KEYS and not kd) or (key in _LWD_KEYS and not lwd):
             need = "kd/lwd" if key in _KD_KEYS else "lwd/lwd+cod"
             raise ConfigError(
-                f"sweep.space: {key} has no effect with experiment.methods="
-                f"{cfg.experiment.methods} (only {need} methods read it); every trial would be "
+                f"sweep.space: {key} has no effect with experiment.arms="
+                f"{cfg.experiment.arms} (only {need} arms read it); every trial would be "
                 f"the same"
             )
     if {"student.beta", "experiment.lwd_beta"} <= set(dists):
@@ -326,4 +336,4 @@ def _require_optuna() -> None:
 
 def jobs_per_trial(cfg: RunConfig) -> int:
     e = cfg.experiment
-    return len(e.methods) * len(e.ks) * len(e.seeds)
+    return len(e.arms) * len(e.ks) * len(e.seeds)

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,28 +66,6 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------- the trial
 
 
-@contextlib.contextmanager
-def no_prepare():
-    """Inside a trial, anything that would train a teacher or start an LLM pool raises."""
-    from raydistill.cluster import run as run_mod
-    from raydistill.training import teacher as teacher_mod
-
-    def forbidden(what):
-        def f(*_a, **_k):
-            raise RuntimeError(f"sweep trial tried to {what}; trials must reuse the driver's prep")
-
-        return f
-
-    saved = (run_mod.prepare, run_mod.generate_cached, teacher_mod.ensure_teacher)
-    run_mod.prepare = forbidden("run prepare()")
-    run_mod.generate_cached = forbidden("generate counterfactuals")
-    teacher_mod.ensure_teacher = forbidden("train a teacher")
-    try:
-        yield
-    finally:
-        run_mod.prepare, run_mod.generate_cached, teacher_mod.ensure_teacher = saved
-
-
 def _pin_ray_address() -> None:
     """Give this trial's Train controller (and its placement-group cleaner) our address.
 
@@ -113,14 +92,22 @@ def _pin_ray_address() -> None:
 
 
 def _trial(
-    params: dict[str, Any], *, base: dict[str, Any], prep_box: dict, sweep_dir: str, workers: int
+    params: dict[str, Any],
+    *,
+    base: dict[str, Any],
+    prep_box: dict,
+    sweep_dir: str,
+    workers: int,
+    train: Callable[..., list[dict[str, Any]]],
 ) -> None:
-    """The Tune function trainable: this trial's students, reported job by job."""
+    """The Tune function trainable: this trial's students, reported job by job.
+
+    `train(cfg, prep=..., callbacks=...)` is the method's train stage; given the driver's
+    prepared inputs it trains students only (no teacher, no LLM calls).
+    """
     import ray
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
-
-    from raydistill.cluster import run as run_mod
 
     _pin_ray_address()
     trial_id = tune.get_context().get_trial_id()
@@ -130,8 +117,7 @@ def _trial(
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
     t0 = time.perf_counter()
-    with no_prepare():
-        results = run_mod.train(cfg, prep=prep, callbacks=[TuneReportCallback()])
+    results = train(cfg, prep=prep, callbacks=[TuneReportCallback()])
     (out / "trial.json").write_text(
         json.dumps(
             {
@@ -146,6 +132,18 @@ def _trial(
             default=str,
         )
     )
+
+
+def _connect() -> dict[str, Any]:
+    """Join the running Ray (or start one); the facts `sweep` needs about it."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()
+    return {
+        "cpus": ray.cluster_resources().get("CPU", 0),
+        "dashboard": bool(ray.get_runtime_context().dashboard_url),
+    }
 
 
 def _asha(max_reports: int, grace_period: int):
@@ -174,19 +172,33 @@ def _asha(max_reports: int, grace_period: int):
 # ------------------------------------------------------------------- the driver
 
 
-def sweep(cfg: RunConfig, recipe_path: str | None = None) -> dict[str, Any]:
-    """Prepare once, tune `cfg.sweep.space` with Ray Tune, write the sweep folder."""
+def sweep(
+    cfg: RunConfig,
+    recipe_path: str | None = None,
+    *,
+    prepare: Callable[..., Any],
+    train: Callable[..., list[dict[str, Any]]],
+    arms: Mapping[str, Any] | None = None,
+    ensure_ray: Callable[[Any], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Prepare once, tune `cfg.sweep.space` with Ray Tune, write the sweep folder.
+
+    The method hands in its stages: `prepare(cfg, sw)` runs once in the driver (teacher,
+    annotations, generations) and its result goes to every trial through the object
+    store; `train(cfg, prep=, callbacks=)` is what a trial runs; `arms` (name → arm with
+    `kd` / `lwd` flags) lets the space be checked against what the arms read.
+    `ensure_ray(cluster_cfg)` connects or starts Ray (default: `ray.init` if needed).
+    """
     import ray
     from ray import tune
 
-    from raydistill.cluster.run import Stopwatch, prepare
-    from raydistill.cluster.runtime import ensure_ray
+    from raydistill.timing import Stopwatch
 
-    dists, tune_metric = check_sweep(cfg)
+    dists, tune_metric = check_sweep(cfg, arms)
     s = cfg.sweep
     n_jobs = jobs_per_trial(cfg)
     t0 = time.perf_counter()
-    info = ensure_ray(cfg.cluster)
+    info = ensure_ray(cfg.cluster) if ensure_ray else _connect()
     if s.scheduler == "asha" and not info.get("dashboard"):
         # Verified on Ray 2.60: the placement group of a trial ASHA stops is only removed by
         # a cleaner that asks the dashboard's State API; without it the next trial waits for
@@ -220,6 +232,7 @@ def sweep(cfg: RunConfig, recipe_path: str | None = None) -> dict[str, Any]:
         prep_box={"ref": prep_ref},
         sweep_dir=str(sweep_dir),
         workers=s.workers_per_trial,
+        train=train,
     )
     # The trial function only waits on its TorchTrainer: no CPU (the Train workers take
     # them; the Train controller takes none), a little memory because Tune refuses an empty

@@ -1,0 +1,186 @@
+"""Stages every method shares: data, teacher, annotation, the LLM generator, training.
+
+A method module strings these together; each stage is a function with its inputs as
+arguments, so a method reads as a script and Ray Tune can hand a stage prepared inputs.
+Stages time themselves on the `Stopwatch` they are given (what the report's stage table
+and the dashboard show) and persist what they make under `out_dir` or the cache dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raydistill.config import RunConfig
+from raydistill.timing import Stopwatch
+
+Row = dict[str, Any]
+
+
+def subset(rows: list[Row], n: int | None, seed: int) -> list[Row]:
+    """`n` rows drawn without replacement (file order kept); all of them if n is None."""
+    if n is None or n >= len(rows):
+        return rows
+    idx = np.random.default_rng(seed).permutation(len(rows))[:n]
+    return [rows[i] for i in sorted(idx)]
+
+
+def slim(row: Row) -> Row:
+    """Evaluation rows need the teacher's prediction, not its hidden states."""
+    return {k: v for k, v in row.items() if k not in ("teacher_hidden", "split")}
+
+
+@dataclass
+class Splits:
+    spec: Any  # TaskSpec
+    train: list[Row]
+    dev: list[Row]
+    test: list[Row]
+
+
+def load_splits(cfg: RunConfig, sw: Stopwatch) -> Splits:
+    """Train, dev (`data.dev_rows` of it) and test (`data.test_rows`), validated per kind."""
+    from raydistill.pipelines.datasets import load_split
+    from raydistill.pipelines.tasks import get_task
+
+    spec = get_task(cfg.data.task, cfg.data.label_names)
+    with sw.stage("data"):
+        train = load_split(cfg.data, "train")
+        dev = subset(load_split(cfg.data, "dev"), cfg.data.dev_rows, 1)
+        test = subset(load_split(cfg.data, "test"), cfg.data.test_rows, 2)
+    return Splits(spec, train, dev, test)
+
+
+@dataclass
+class Teacher:
+    path: str
+    info: dict[str, Any]
+    width: int
+    layers: int
+
+
+def teacher_stage(cfg: RunConfig, splits: Splits, sw: Stopwatch) -> Teacher:
+    """The teacher classifier: reused from the cache by config hash, else trained."""
+    from transformers import AutoConfig
+
+    from raydistill.training.pooled_classifier import register
+    from raydistill.training.teacher import ensure_teacher
+
+    out = Path(cfg.out_dir)
+    with sw.stage("teacher"):
+        path, info = ensure_teacher(
+            cfg.data,
+            cfg.teacher,
+            splits.spec,
+            subset(splits.train, cfg.data.teacher_train_rows, cfg.teacher.seed),
+            splits.dev,
+            cfg.resolved_cache_dir(),
+            storage_path=str((out / "ray_train").resolve()),
+        )
+    register()  # the teacher may be a mean-pooled checkpoint
+    tcfg = AutoConfig.from_pretrained(path)
+    return Teacher(path, info, int(tcfg.hidden_size), int(tcfg.num_hidden_layers))
+
+
+def annotate_stage(
+    cfg: RunConfig, teacher: Teacher, groups: dict[str, list[Row]], with_hidden: bool, sw
+) -> dict[str, list[Row]]:
+    """Teacher logits (and hidden states) on every row of every group, in one Ray Data pass
+    (one teacher forward per row); groups come back in their input order."""
+    from raydistill.pipelines.soft_labels import annotate_rows
+
+    with sw.stage("annotate"):
+        tagged = [dict(r, split=g) for g, rows in groups.items() for r in rows]
+        ann = annotate_rows(
+            tagged, teacher.path, max_length=cfg.teacher.max_length, with_hidden=with_hidden
+        )
+    return {g: [r for r in ann if r["split"] == g] for g in groups}
+
+
+def teacher_accuracy(rows: list[Row]) -> float:
+    return float(np.mean([r["teacher_pred"] == r["label"] for r in rows])) if rows else float("nan")
+
+
+@contextlib.contextmanager
+def generator(cfg: RunConfig) -> Iterator[tuple[Any, float]]:
+    """Start the LLM pool and yield (LLMClient, startup seconds); shut the pool down after.
+
+    Every request goes through the client's content-addressed cache in the cache dir, so
+    a rerun after a crash, or another round, never repeats a finished request.
+    """
+    from raydistill.pipelines.llm_requests import LLMClient
+    from raydistill.pipelines.request_cache import RequestCache
+    from raydistill.serving.teacher_pool import make_pool
+
+    pool = make_pool(cfg.pool, cfg.resolved_cache_dir())
+    t0 = time.perf_counter()
+    endpoint = pool.start()
+    startup = time.perf_counter() - t0
+    cache = RequestCache.in_dir(cfg.resolved_cache_dir())
+    try:
+        yield LLMClient.for_pool(endpoint, cfg.pool, cache), startup
+    finally:
+        pool.shutdown()
+        cache.close()
+
+
+def train_stage(
+    cfg: RunConfig,
+    jobs: list[Any],
+    signature: str,
+    result_row: Callable[[Any, dict[str, Any]], dict[str, Any]],
+    sw: Stopwatch,
+    callbacks: list | None = None,
+) -> list[dict[str, Any]]:
+    """Train the jobs not finished under `signature` in one TorchTrainer; ledger the rest.
+
+    `result_row(job, metrics)` is the method's row for one finished student; the stage
+    adds the job name, checkpoint folder, worker nodes and signature. Returns every row
+    of this signature, earlier runs' included.
+    """
+    from raydistill.cluster.ledger import Ledger
+    from raydistill.training.loop import fit_jobs
+
+    out = Path(cfg.out_dir)
+    ledger = Ledger(out)
+    done = ledger.done(signature)
+    todo = [j for j in jobs if j.name not in done]
+    if done:
+        print(f"[raydistill] {len(done)} students already trained, {len(todo)} to go", flush=True)
+    if todo:
+        with sw.stage("train"):
+            results = fit_jobs(
+                todo,
+                num_workers=cfg.student.num_workers,
+                storage_path=str((out / "ray_train").resolve()),
+                name=f"students-{int(time.time())}",
+                run_callbacks=callbacks,
+                placement_strategy=cfg.student.placement_strategy,
+                use_gpu=cfg.student.use_gpu,
+            )
+        rows = []
+        for job, (metrics, ckpt) in zip(todo, results, strict=True):
+            dest = out / "students" / job.name
+            shutil.rmtree(dest, ignore_errors=True)
+            ckpt.to_directory(str(dest))
+            prov = dest / "raydistill_train.json"
+            nodes = json.loads(prov.read_text())["worker_nodes"] if prov.exists() else None
+            rows.append(
+                {
+                    "job": job.name,
+                    **result_row(job, metrics),
+                    "worker_nodes": nodes,
+                    "checkpoint": str(dest),
+                    "signature": signature,
+                }
+            )
+        ledger.append(rows)  # each student is durable once its row is written
+    return ledger.read(signature)
