@@ -119,6 +119,7 @@ def write_report(
     peak_memory_mb: dict[str, float] | None = None,
     cluster: dict[str, Any] | None = None,
     baselines: dict[str, str] | None = None,
+    reused: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Aggregate a run's ledger into report.{json,md} and accuracy_vs_k.png.
 
@@ -181,6 +182,8 @@ def write_report(
         "timings": timings,
         "peak_memory_mb": peak_memory_mb,
         "cluster": cluster,
+        # What this run took from earlier runs instead of recomputing (resume).
+        "reused": reused if reused is not None else prev.get("reused"),
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
@@ -247,6 +250,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         run = c.get("this_run") or {}
         if run.get("rejects"):
             lines.append(f"- rejected candidates by reason (this run): {run['rejects']}")
+    reused = report.get("reused") or {}
+    if reused:
+        lines += ["", "## Reused from earlier runs", ""]
+        lines += [f"- {k}: {v}" for k, v in reused.items()]
     if report.get("timings"):
         mem = report.get("peak_memory_mb") or {}
         lines += [

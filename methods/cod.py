@@ -400,8 +400,21 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     dump_config(cfg, out / "config.yaml")
     sw = Stopwatch()
     prep = prepare(cfg, sw)
+    from raydistill.cluster.ledger import Ledger
+
+    jobs = {job_name(*key) for key in prep.plan}
+    students_done = len(jobs & Ledger(out).done(signature(cfg, prep)))
     results = train(cfg, prep, sw)
     sw.t["total"] = round(time.perf_counter() - t0, 2)
+    g = prep.gen_stats
+    reused = {
+        "teacher": prep.teacher_info.get("source") in ("cache", "checkpoint"),
+        "counterfactual_seeds": f"{g.get('cached_seeds', 0)} of {g.get('seeds', 0)}",
+        "llm_requests_from_cache": ((g.get("this_run") or {}).get("llm") or {}).get(
+            "cache_hits", 0
+        ),
+        "students": f"{students_done} of {len(jobs)}",
+    }
     return write_report(
         out,
         cfg=cfg,
@@ -412,4 +425,5 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         peak_memory_mb=sw.peak_mb,
         cluster=info,
         baselines=BASELINES,
+        reused=reused,
     )
