@@ -122,6 +122,9 @@ class PoolConfig:
     batch_size: int = 32
     concurrency: int = 1
     http_port: int = 8000
+    # Where Serve's proxies listen. None: 127.0.0.1 on a cluster this process started,
+    # 0.0.0.0 when joined to one (Ray Data tasks on other nodes must reach the pool).
+    bind_host: str | None = None
     startup_timeout_s: float = 600.0
     # Extra vLLM engine arguments, merged over the derived ones (e.g. enforce_eager: false).
     engine_kwargs: dict[str, Any] = field(default_factory=dict)

@@ -10,8 +10,13 @@ Three backends, one contract (`start()` → an `Endpoint` that answers
 - ``openai``: any external OpenAI-compatible server (`PoolConfig.url`).
 
 The Serve backends expect Ray to be initialized by the caller; they start Serve's HTTP
-proxy on 127.0.0.1:`http_port` and deploy one application. `shutdown()` deletes that
-application and leaves Ray (and Serve) running.
+proxies on `pool.bind_host`:`http_port` and deploy one application. `shutdown()` deletes
+that application and leaves Ray (and Serve) running.
+
+Where the pool listens: the chat stage's Ray Data tasks run on any node, so on a cluster the
+proxies bind 0.0.0.0 and the base URL carries the head node's IP (its proxy always runs);
+127.0.0.1 would send every remote task's request to its own node, where nothing answers.
+A cluster this process started itself is one machine, so there loopback stays the default.
 """
 
 from __future__ import annotations
@@ -195,6 +200,62 @@ def _serve_app_state(app_name: str) -> str:
     return "; ".join(parts)[:2000]
 
 
+# ------------------------------------------------------------------- networking
+
+LOOPBACK = "127.0.0.1"
+ALL_INTERFACES = "0.0.0.0"
+
+
+def choose_bind_host(configured: str | None, *, joined: bool, node_hosts: set[str]) -> str:
+    """The host Serve's proxies bind: `pool.bind_host` if set, else 0.0.0.0 on a cluster.
+
+    "A cluster" is any cluster this process joined (a `ray start` head, `ray job submit`,
+    KubeRay: workers may join later, even if only the head exists now) or one whose alive
+    nodes sit on more than one machine. A local cluster this process started keeps
+    loopback, so a laptop run exposes nothing on the network.
+    """
+    if configured:
+        return str(configured)
+    return ALL_INTERFACES if joined or len(node_hosts) > 1 else LOOPBACK
+
+
+def url_host(bind_host: str, proxy_ip: str) -> str:
+    """The host other nodes put in the base URL for a proxy bound to `bind_host`."""
+    if bind_host in (ALL_INTERFACES, "::", ""):
+        return proxy_ip
+    return bind_host
+
+
+def _cluster_view() -> tuple[bool, set[str], str]:
+    """(joined an existing cluster?, distinct alive node IPs, the head node's IP)."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    hosts = {str(n.get("NodeManagerAddress")) for n in nodes}
+    head_ip = next(
+        (
+            str(n["NodeManagerAddress"])
+            for n in nodes
+            if "node:__internal_head__" in (n.get("Resources") or {})
+        ),
+        None,
+    ) or ray.util.get_node_ip_address()
+    joined = True
+    try:  # a driver that started its own local cluster owns the head node's processes
+        node = ray._private.worker._global_node  # type: ignore[attr-defined]
+        joined = not bool(node.head)
+    except Exception:
+        pass
+    return joined, hosts, head_ip
+
+
+def pool_network(cfg: PoolConfig) -> tuple[str, str]:
+    """(bind host, base-URL host) for a pool on the current Ray cluster."""
+    joined, hosts, head_ip = _cluster_view()
+    bind = choose_bind_host(cfg.bind_host, joined=joined, node_hosts=hosts)
+    return bind, url_host(bind, head_ip)
+
+
 class _ServePool:
     """Shared Serve plumbing: start the HTTP proxy, deploy, wait, delete."""
 
@@ -219,11 +280,15 @@ class _ServePool:
                 "helper) before starting the teacher pool"
             )
         application = self.build_app()
+        bind, host = pool_network(self.cfg)
         # A no-op when Serve already runs (its HTTP options cannot change then).
-        serve.start(http_options={"host": "127.0.0.1", "port": int(self.cfg.http_port)})
-        port = self._actual_port()
+        serve.start(http_options={"host": bind, "port": int(self.cfg.http_port)})
+        bind, port = self._actual_http(bind)
+        if bind != ALL_INTERFACES:
+            host = url_host(bind, host)
+        self.bind_host = bind
         endpoint = Endpoint(
-            base_url=f"http://127.0.0.1:{port}/v1", model=self.cfg.served_model_name, headers={}
+            base_url=f"http://{host}:{port}/v1", model=self.cfg.served_model_name, headers={}
         )
         t0 = time.monotonic()
         # Non-blocking deploy so startup_timeout_s (not Serve) bounds the wait.
@@ -251,23 +316,33 @@ class _ServePool:
         self.endpoint = endpoint
         return endpoint
 
-    def _actual_port(self) -> int:
-        """Serve keeps the port of its first start; warn when it differs from the config."""
+    def _actual_http(self, bind: str) -> tuple[str, int]:
+        """Serve keeps the host/port of its first start; warn when they differ from ours."""
         from ray.serve.context import _get_global_client
 
         port = int(self.cfg.http_port)
         try:
             cfg = _get_global_client().http_config
-            actual = int(cfg.port)
+            actual, actual_host = int(cfg.port), str(cfg.host)
         except Exception:
-            return port
+            return bind, port
         if actual != port:
             logger.warning(
                 "Serve already runs with HTTP port %d (pool.http_port=%d is ignored)",
                 actual,
                 port,
             )
-        return actual
+        if actual_host != bind:
+            logger.warning(
+                "Serve already runs bound to %s (the pool wanted %s)%s",
+                actual_host,
+                bind,
+                "; nodes other than this one cannot reach it: restart Serve "
+                "(serve.shutdown()) or set pool.bind_host"
+                if actual_host.startswith("127.") and bind == ALL_INTERFACES
+                else "",
+            )
+        return actual_host, actual
 
     def shutdown(self) -> None:
         from ray import serve

@@ -117,8 +117,8 @@ def test_two_node_cluster_generation_and_training(no_session_ray, tmp_path):
     import ray
     from ray.cluster_utils import Cluster
 
-    from raydistill.methods.cod import run
     from raydistill.config import load_config
+    from raydistill.methods.cod import run
 
     cluster = Cluster(
         initialize_head=True,
