@@ -193,6 +193,42 @@ MethodConfig.VARIANTS["cod"] = CodConfig
 
 
 @dataclass
+class WeaknessConfig(MethodConfig):
+    """Weakness-targeted augmentation: the student's errors pick the seeds the LLM writes
+    new labelled samples from, round after round, until the dev metric plateaus."""
+
+    name: str = "weakness"
+    max_rounds: int = 3
+    # Stop after this many rounds without a dev improvement (the best round is kept).
+    patience: int = 1
+    # Accepted samples added per round, and how many seeds are drawn to write them.
+    samples_per_round: int = 32
+    seeds_per_round: int = 16
+    # Oversampling factor NF: the generator writes NF × samples_per_round candidates
+    # (num_candidates per seed) so the diversity filter has something to choose from.
+    oversample: float = 2.0
+    # Seeds are drawn ∝ Err^(1/seed_temperature), Err = exp(−quality), no replacement.
+    seed_temperature: float = 1.0
+    # Extra labelled rows (from train, never dev/test) scored for seeding besides the k
+    # training seeds; the paper's pool. 0 = only the k seeds.
+    scoring_pool_rows: int = 0
+    # Sentence-embedding model of the diversity filter (name in the registry, HF id or
+    # folder), and the MinHash near-duplicate threshold (Jaccard of word 3-shingles).
+    embedding_model: str = "all-minilm-l6-v2"
+    minhash_threshold: float = 0.7
+    # Classification: "teacher" (the task's teacher classifier must agree) | "none".
+    verify: str = "teacher"
+    temperature: float = 0.9
+    top_p: float = 0.95
+    max_new_tokens: int = 96
+    # Prompts show at most this many characters of a seed.
+    max_seed_chars: int = 600
+
+
+MethodConfig.VARIANTS["weakness"] = WeaknessConfig
+
+
+@dataclass
 class StudentConfig:
     """The student and the distillation loss L = CE + α·T²·KL + β·L_LWD."""
 

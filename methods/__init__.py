@@ -23,6 +23,7 @@ from raydistill.config import ConfigError
 # method name → module (imported lazily)
 METHODS: dict[str, str] = {
     "cod": "raydistill.methods.cod",
+    "weakness": "raydistill.methods.weakness",
 }
 
 

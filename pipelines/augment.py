@@ -1,0 +1,207 @@
+"""One generation step of the weakness loop: seeds → new labelled candidate samples.
+
+The seeds go through the cached LLM request layer (one Ray Data stage over the pool);
+every answer is parsed and checked for its task kind, and every candidate — kept or not —
+keeps its lineage: parent seed id, round, arm, prompt hash, verdict and reject reason.
+Stats count the candidates asked, parsed and verified and the rejects by reason, so a
+round's report shows where samples were lost. The teacher check for classification and
+the diversity filter come after this step (they need the teacher and all candidates).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from raydistill.pipelines.augment_prompts import (
+    R_LLM_ERROR,
+    classification_messages,
+    ner_messages,
+    parse_sample,
+    prompt_hash,
+    schema_for,
+    summary_messages,
+)
+from raydistill.pipelines.augment_verify import R_COPY, is_copy, ner_sample, summary_problem
+from raydistill.pipelines.bio import entity_types, tags_to_spans
+
+Row = dict[str, Any]
+
+
+@dataclass
+class AugmentStats:
+    asked: int = 0
+    answered: int = 0
+    parsed: int = 0
+    verified: int = 0
+    generated_tokens: int = 0
+    rejects: Counter = field(default_factory=Counter)
+
+    def reject(self, reason: str) -> None:
+        self.rejects[reason] += 1
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "asked": self.asked,
+            "answered": self.answered,
+            "parsed": self.parsed,
+            "verified": self.verified,
+            "generated_tokens": self.generated_tokens,
+            "rejects": dict(sorted(self.rejects.items())),
+        }
+
+
+def seed_entities(row: Row) -> list[tuple[str, str]]:
+    """(surface, type) of each entity in a token-classification row."""
+    toks = list(row["tokens"])
+    return [(" ".join(toks[s:e]), t) for t, s, e in tags_to_spans(list(row["tags"]))]
+
+
+def messages_for(seed: Row, spec: Any, max_seed_chars: int) -> list:
+    if spec.kind == "classification":
+        return classification_messages(seed, spec, max_seed_chars)
+    if spec.kind == "token_classification":
+        return ner_messages(seed, seed_entities(seed))
+    if spec.kind == "seq2seq":
+        return summary_messages(seed, max_seed_chars * 2)
+    raise ValueError(f"weakness augmentation has no prompt for task kind {spec.kind!r}")
+
+
+def candidates_per_seed(samples: int, seeds: int, oversample: float) -> int:
+    """Candidates each seed is asked for so that NF × samples are written in all."""
+    return max(1, math.ceil(oversample * samples / max(1, seeds)))
+
+
+def _sample_id(parent: str, rnd: int, arm: str, j: int, body: str) -> str:
+    h = hashlib.sha256(f"{parent}|{rnd}|{arm}|{j}|{body}".encode()).hexdigest()[:10]
+    return f"gen-r{rnd}-{h}"
+
+
+def build_candidate(
+    sample: dict[str, Any], seed: Row, spec: Any, min_overlap: float = 0.2
+) -> tuple[Row | None, str]:
+    """A parsed answer → a row of the task's schema (labels from the seed), or a reason."""
+    if spec.kind == "classification":
+        if is_copy(sample["text"], seed["text"]):
+            return None, R_COPY
+        row = {"text": sample["text"], "label": int(seed["label"])}
+        if seed.get("text_pair"):
+            row["text_pair"] = seed["text_pair"]
+        return row, ""
+    if spec.kind == "token_classification":
+        if is_copy(sample["text"], seed["text"]):
+            return None, R_COPY
+        got, why = ner_sample(sample["text"], sample["entities"], entity_types(spec.label_names))
+        if got is None:
+            return None, why
+        return {
+            "text": " ".join(got["tokens"]),
+            "tokens": got["tokens"],
+            "tags": got["tags"],
+        }, ""
+    if spec.kind == "seq2seq":
+        if is_copy(sample["source"], seed["source"]):
+            return None, R_COPY
+        why = summary_problem(sample["source"], sample["target"], min_overlap=min_overlap)
+        if why:
+            return None, why
+        return {
+            "text": sample["source"],
+            "source": sample["source"],
+            "target": sample["target"],
+        }, ""
+    raise ValueError(f"no candidate builder for task kind {spec.kind!r}")
+
+
+def generate_candidates(
+    seeds: list[Row],
+    spec: Any,
+    llm: Any,
+    *,
+    rnd: int,
+    arm: str,
+    per_seed: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    max_seed_chars: int,
+    sampling_seed: int,
+) -> tuple[list[Row], AugmentStats]:
+    """Ask for `per_seed` samples per seed; return every candidate with its lineage.
+
+    Accepted-so-far candidates have verdict "verified"; rejected ones keep their reason
+    (and the raw answer, for debugging prompts). Only verified ones carry task columns.
+    """
+    from raydistill.pipelines.llm_stage import Sampling
+
+    stats = AugmentStats()
+    rows = []
+    for s in seeds:
+        msgs = messages_for(s, spec, max_seed_chars)
+        rows.append({"seed_id": s["id"], "messages": msgs, "prompt_hash": prompt_hash(msgs)})
+    structured = bool(getattr(llm, "structured_output", False))
+    sampling = Sampling(
+        n=per_seed,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_new_tokens,
+        # Round and arm in the sampling seed: another round asks anew, a rerun of this
+        # one is answered from the request cache.
+        seed=sampling_seed,
+        json_schema=schema_for(spec.kind) if structured else None,
+    )
+    answered = llm.chat(rows, sampling) if rows else []
+    by_id = {s["id"]: s for s in seeds}
+    out: list[Row] = []
+    for a in answered:
+        seed = by_id[a["seed_id"]]
+        stats.asked += per_seed
+        stats.generated_tokens += int(a.get("generated_tokens") or 0)
+        lineage = {
+            "parent_id": seed["id"],
+            "round": rnd,
+            "arm": arm,
+            "prompt_hash": a["prompt_hash"],
+        }
+        if a.get("llm_error"):
+            stats.reject(R_LLM_ERROR)
+            stats.rejects[R_LLM_ERROR] += per_seed - 1
+            out.append(
+                {
+                    **lineage,
+                    "id": _sample_id(seed["id"], rnd, arm, -1, a["llm_error"]),
+                    "verdict": "rejected",
+                    "reason": R_LLM_ERROR,
+                    "raw": a["llm_error"],
+                }
+            )
+            continue
+        cands = list(a.get("candidates") or [])
+        stats.answered += len(cands)
+        if len(cands) < per_seed:
+            stats.rejects["missing_candidate"] += per_seed - len(cands)
+        for j, raw in enumerate(cands):
+            sample, why = parse_sample(raw, spec.kind)
+            row: Row | None = None
+            if sample is not None:
+                stats.parsed += 1
+                row, why = build_candidate(sample, seed, spec)
+            sid = _sample_id(seed["id"], rnd, arm, j, str(raw))
+            if row is None:
+                stats.reject(why)
+                out.append(
+                    {
+                        **lineage,
+                        "id": sid,
+                        "verdict": "rejected",
+                        "reason": why,
+                        "raw": str(raw)[:2000],
+                    }
+                )
+                continue
+            stats.verified += 1
+            out.append({**lineage, **row, "id": sid, "verdict": "verified", "reason": ""})
+    return out, stats

@@ -1,0 +1,134 @@
+"""Checks a generated sample must pass before it can teach the student.
+
+A generated label is a claim, not a fact. NER: every stated entity must occur in the text
+with a known type; its spans and BIO tags are computed here by token match, so the tags
+the student learns are the text's, not the model's arithmetic. Summarization: a summary
+must be non-empty, shorter than its document, and overlap it within bounds (no overlap =
+not about the document; near-total = a copy). Every kind: a sample that copies its seed
+teaches nothing new. Classification's check is a teacher agreeing with the intended label
+(done in the method with the task's teacher). Each reject is a named reason.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from raydistill.pipelines.bio import spans_to_tags
+
+# Reject reasons.
+R_COPY = "copy_of_seed"
+R_ENTITY_ABSENT = "entity_absent"
+R_WRONG_TYPE = "wrong_type"
+R_OVERLAPPING = "overlapping"
+R_CONFLICTING = "conflicting_types"
+R_SUMMARY_EMPTY = "summary_empty"
+R_SUMMARY_LONG = "summary_not_shorter"
+R_OVERLAP_LOW = "summary_overlap_low"
+R_OVERLAP_HIGH = "summary_overlap_high"
+R_TOO_LONG = "too_long"
+
+_TOKEN = re.compile(r"\w+(?:[-'.&]\w+)*|[^\w\s]")
+
+
+def tokenize(text: str) -> list[str]:
+    """CoNLL-style tokens: words (with inner hyphens/apostrophes) and single punctuation."""
+    return _TOKEN.findall(text)
+
+
+def _words(text: str) -> list[str]:
+    return [w.lower() for w in re.findall(r"\w+", text)]
+
+
+def jaccard(a: str, b: str) -> float:
+    wa, wb = set(_words(a)), set(_words(b))
+    if not wa and not wb:
+        return 1.0
+    return len(wa & wb) / len(wa | wb)
+
+
+def is_copy(text: str, seed_text: str, threshold: float = 0.9) -> bool:
+    """Same words as the seed (≥ `threshold` Jaccard overlap), whatever the spacing/case."""
+    return jaccard(text, seed_text) >= threshold
+
+
+def _find_all(tokens: list[str], needle: list[str]) -> list[int]:
+    n, low = len(needle), [t.lower() for t in tokens]
+    nd = [t.lower() for t in needle]
+    return [i for i in range(len(tokens) - n + 1) if low[i : i + n] == nd]
+
+
+def ner_sample(
+    text: str, entities: list[tuple[str, str]], types: list[str], max_tokens: int = 128
+) -> tuple[dict[str, Any] | None, str]:
+    """(text, stated entities) → ({tokens, tags, spans}, "") or (None, reason).
+
+    Longer entities are placed first; every occurrence of an entity is tagged (a name
+    tagged once and left untagged elsewhere would teach both answers). An entity with no
+    occurrence outside longer ones already placed is `overlapping`; one surface given two
+    types is `conflicting_types`; a type outside the task's is `wrong_type`.
+    """
+    tokens = tokenize(text)
+    if len(tokens) > max_tokens:
+        return None, R_TOO_LONG
+    known = {t.upper() for t in types}
+    by_surface: dict[str, str] = {}
+    for surface, typ in entities:
+        t = typ.upper()
+        if t not in known:
+            return None, R_WRONG_TYPE
+        key = " ".join(tokenize(surface)).lower()
+        if by_surface.get(key, t) != t:
+            return None, R_CONFLICTING
+        by_surface[key] = t
+    taken = [False] * len(tokens)
+    spans: list[tuple[str, int, int]] = []
+    for key in sorted(by_surface, key=lambda k: -len(k.split())):
+        needle = key.split()
+        hits = _find_all(tokens, needle)
+        if not hits:
+            return None, R_ENTITY_ABSENT
+        placed = 0
+        for i in hits:
+            if any(taken[i : i + len(needle)]):
+                continue
+            for j in range(i, i + len(needle)):
+                taken[j] = True
+            spans.append((by_surface[key], i, i + len(needle)))
+            placed += 1
+        if not placed:
+            return None, R_OVERLAPPING
+    spans.sort(key=lambda s: s[1])
+    return {"tokens": tokens, "tags": spans_to_tags(spans, len(tokens)), "spans": spans}, ""
+
+
+def summary_problem(
+    source: str,
+    target: str,
+    *,
+    min_overlap: float = 0.2,
+    max_overlap: float = 0.95,
+    max_source_words: int = 600,
+) -> str:
+    """ "" when (source, target) is a usable summary pair, else the reason.
+
+    Overlap = ROUGE-1 precision of the summary against the document (the share of the
+    summary's words found in the document): below `min_overlap` the summary is not about
+    the document, above `max_overlap` with a short document it is a copy of its start.
+    """
+    from rouge_score import rouge_scorer
+
+    s_words, t_words = source.split(), target.split()
+    if not t_words:
+        return R_SUMMARY_EMPTY
+    if len(s_words) > max_source_words:
+        return R_TOO_LONG
+    if len(t_words) >= len(s_words):
+        return R_SUMMARY_LONG
+    scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=False)
+    p = scorer.score(source, target)["rouge1"].precision
+    if p < min_overlap:
+        return R_OVERLAP_LOW
+    if p > max_overlap and len(t_words) * 3 >= len(s_words):
+        return R_OVERLAP_HIGH
+    return ""
