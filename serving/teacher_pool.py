@@ -232,14 +232,17 @@ def _cluster_view() -> tuple[bool, set[str], str]:
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     hosts = {str(n.get("NodeManagerAddress")) for n in nodes}
-    head_ip = next(
-        (
-            str(n["NodeManagerAddress"])
-            for n in nodes
-            if "node:__internal_head__" in (n.get("Resources") or {})
-        ),
-        None,
-    ) or ray.util.get_node_ip_address()
+    head_ip = (
+        next(
+            (
+                str(n["NodeManagerAddress"])
+                for n in nodes
+                if "node:__internal_head__" in (n.get("Resources") or {})
+            ),
+            None,
+        )
+        or ray.util.get_node_ip_address()
+    )
     joined = True
     try:  # a driver that started its own local cluster owns the head node's processes
         node = ray._private.worker._global_node  # type: ignore[attr-defined]
@@ -254,6 +257,20 @@ def pool_network(cfg: PoolConfig) -> tuple[str, str]:
     joined, hosts, head_ip = _cluster_view()
     bind = choose_bind_host(cfg.bind_host, joined=joined, node_hosts=hosts)
     return bind, url_host(bind, head_ip)
+
+
+def gpu_memory_share(cfg: PoolConfig) -> float:
+    """vLLM's gpu_memory_utilization: the recipe's value, else 0.85 of each GPU.
+
+    On CPU the value is unused (the KV cache gets `cpu_kv_cache_gib`); a small share on a
+    GPU would starve a real teacher's KV cache, so the default is per device, not global.
+    """
+    if cfg.gpu_memory_utilization is not None:
+        share = float(cfg.gpu_memory_utilization)
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"pool.gpu_memory_utilization must be in (0, 1], got {share}")
+        return share
+    return 0.85 if cfg.num_gpus > 0 else 0.1
 
 
 class _ServePool:
@@ -424,7 +441,7 @@ class VLLMPool(_ServePool):
             engine_kwargs=dict(
                 max_model_len=int(cfg.max_model_len),
                 dtype=cfg.dtype,
-                gpu_memory_utilization=float(cfg.gpu_memory_utilization),
+                gpu_memory_utilization=gpu_memory_share(cfg),
             ),
             deployment_config=dict(
                 autoscaling_config=dict(
@@ -444,12 +461,18 @@ class VLLMPool(_ServePool):
         env = {**(CPU_ENV_DEFAULTS if cfg.num_gpus <= 0 else {}), **(cfg.env_vars or {})}
         if env:
             kwargs["runtime_env"] = {"env_vars": {k: str(v) for k, v in env.items()}}
-        if cfg.num_gpus > 0:
-            # One GPU bundle per replica (no tensor parallelism in PoolConfig).
-            kwargs["placement_group_config"] = dict(
-                bundles=[{"CPU": float(cfg.num_cpus), "GPU": float(cfg.num_gpus)}],
-                strategy="PACK",
+        tp = int(cfg.tensor_parallel_size)
+        if tp < 1 or (tp > 1 and cfg.num_gpus <= 0):
+            raise ValueError(
+                f"pool.tensor_parallel_size={tp} needs pool.num_gpus > 0 and a value >= 1"
             )
+        if cfg.num_gpus > 0:
+            # One GPU bundle per tensor-parallel worker; the first also holds the CPUs.
+            if tp > 1:
+                kwargs["engine_kwargs"]["tensor_parallel_size"] = tp
+            bundles = [{"CPU": float(cfg.num_cpus), "GPU": float(cfg.num_gpus)}]
+            bundles += [{"GPU": float(cfg.num_gpus)} for _ in range(tp - 1)]
+            kwargs["placement_group_config"] = dict(bundles=bundles, strategy="PACK")
         else:
             # Without this Serve LLM asks for {"CPU": 1, "GPU": 1} and waits forever.
             kwargs["placement_group_config"] = dict(

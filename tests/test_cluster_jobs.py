@@ -45,10 +45,33 @@ def no_session_ray(monkeypatch):
 
 
 @pytest.fixture()
-def head_node(tmp_path, no_session_ray):
-    """`ray start --head` in its own temp dir, stopped afterwards."""
+def wheel_site(tmp_path_factory):
+    """raydistill built as a wheel and installed (no deps) into a folder of its own.
+
+    The venv's install is editable; a cluster's is not (launcher setup, Docker image).
+    A head node started with this folder first on PYTHONPATH imports the wheel's copy,
+    which is what `ray job submit` meets there, with the checkout as working dir on top.
+    """
+    wheels, site = tmp_path_factory.mktemp("wheels"), tmp_path_factory.mktemp("site")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels),
+                    str(ROOT)], check=True, timeout=300)  # fmt: skip
+    (wheel,) = wheels.glob("raydistill-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, timeout=300)  # fmt: skip
+    return site
+
+
+@pytest.fixture()
+def head_node(tmp_path, no_session_ray, wheel_site):
+    """`ray start --head` in its own temp dir, the wheel install first on its path."""
     gcs, dash = _free_port(), _free_port()
-    env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ['PATH']}", RAY_AUTH_MODE="token")
+    env = dict(
+        os.environ,
+        PATH=f"{VENV_BIN}:{os.environ['PATH']}",
+        RAY_AUTH_MODE="token",
+        PYTHONPATH=str(wheel_site),
+    )
     tmp = Path("/tmp") / f"rd{os.getpid()}"  # Ray's socket paths must stay short
     cmd = [
         str(VENV_BIN / "ray"), "start", "--head", f"--port={gcs}", "--num-cpus=4",
@@ -57,7 +80,7 @@ def head_node(tmp_path, no_session_ray):
     ]  # fmt: skip
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=180)
     try:
-        yield f"http://127.0.0.1:{dash}", env
+        yield f"http://127.0.0.1:{dash}", env, wheel_site
     finally:
         subprocess.run(
             [str(VENV_BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120
@@ -65,13 +88,19 @@ def head_node(tmp_path, no_session_ray):
 
 
 def test_job_submission_runs_smoke_job(head_node, tmp_path):
-    """The CLI as a Ray job: `ray job submit --working-dir . -- raydistill run …`."""
+    """The CLI as a Ray job on a wheel install: `ray job submit --working-dir . -- …`.
+
+    The checkout is the job's working dir (first on its PYTHONPATH); it must not shadow
+    the installed package, and the job must run the wheel's code, not the checkout's.
+    """
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    address, env = head_node
+    address, env, site = head_node
     client = JobSubmissionClient(address)
     out, cache = tmp_path / "out", tmp_path / "cache"
+    where = "import raydistill, raydistill.cluster.cli as c; print('RAYDISTILL_AT', c.__file__)"
     entry = (
+        f'python -c "{where}" && '
         "raydistill run recipes/smoke-cod.yaml "
         f"out_dir={out} cache_dir={cache} data.teacher_train_rows=600 "
         "'experiment.arms=[kd]' student.epochs=5"
@@ -110,6 +139,8 @@ def test_job_submission_runs_smoke_job(head_node, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert [r["arm"] for r in report["results"]] == ["kd"]
     assert "raydistill report: sst2" in logs
+    at = next(line for line in logs.splitlines() if line.startswith("RAYDISTILL_AT"))
+    assert at.split()[1].startswith(str(site)), at
 
 
 def test_two_node_cluster_generation_and_training(no_session_ray, tmp_path):

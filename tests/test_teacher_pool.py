@@ -145,6 +145,34 @@ def test_vllm_llm_config_on_cpu_and_gpu():
         VLLMPool(PoolConfig(min_replicas=2, max_replicas=1)).llm_config_kwargs("/m")
 
 
+def test_vllm_gpu_memory_default_is_per_device_and_tensor_parallel_bundles():
+    one = VLLMPool(PoolConfig(num_gpus=1)).llm_config_kwargs("/m")
+    assert one["engine_kwargs"]["gpu_memory_utilization"] == 0.85
+    tp = VLLMPool(PoolConfig(num_gpus=1, num_cpus=4, tensor_parallel_size=2)).llm_config_kwargs(
+        "/m"
+    )
+    assert tp["engine_kwargs"]["tensor_parallel_size"] == 2
+    assert tp["placement_group_config"]["bundles"] == [{"CPU": 4.0, "GPU": 1.0}, {"GPU": 1.0}]
+    with pytest.raises(ValueError, match="tensor_parallel_size"):
+        VLLMPool(PoolConfig(tensor_parallel_size=2)).llm_config_kwargs("/m")
+    with pytest.raises(ValueError, match="gpu_memory_utilization"):
+        VLLMPool(PoolConfig(num_gpus=1, gpu_memory_utilization=1.5)).llm_config_kwargs("/m")
+
+
+def test_bind_host_and_base_url_for_other_nodes():
+    from raydistill.serving.teacher_pool import choose_bind_host, url_host
+
+    # A laptop cluster this process started: loopback, nothing exposed.
+    assert choose_bind_host(None, joined=False, node_hosts={"10.0.0.5"}) == "127.0.0.1"
+    # Joined (ray job submit, KubeRay) or several machines: every interface, and the base
+    # URL other nodes use carries the head's IP, never 127.0.0.1.
+    assert choose_bind_host(None, joined=True, node_hosts={"10.0.0.5"}) == "0.0.0.0"
+    assert choose_bind_host(None, joined=False, node_hosts={"10.0.0.5", "10.0.0.6"}) == "0.0.0.0"
+    assert url_host("0.0.0.0", "10.0.0.5") == "10.0.0.5"
+    assert choose_bind_host("10.1.2.3", joined=True, node_hosts=set()) == "10.1.2.3"
+    assert url_host("10.1.2.3", "10.0.0.5") == "10.1.2.3"
+
+
 @pytest.fixture(scope="module")
 def tiny_llama_dir():
     from raydistill.registry import resolve_model
