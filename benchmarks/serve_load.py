@@ -1,30 +1,39 @@
-"""Load benchmark: a served student vs a served teacher through the Ray Serve student app.
+"""Load benchmark: served students vs the same models in-process, in one run.
 
-Starts `raydistill.serving.student_app` on 127.0.0.1 with two models, "student" and
-"teacher", then for each model and each concurrency level (default 1, 4, 16) sends a
-bounded number of `POST /v1/classify` requests from closed-loop asyncio clients and
-records p50/p90/p99 latency and throughput. Writes benchmarks/results/serve_load.md and
-serve_load.json with the command line and a machine description.
+What one run measures (all ratios are within the run, so a busy shared machine moves
+both sides of each ratio):
 
-Models: `--teacher` / `--student` folders (e.g. the trained MiniLM teacher classifier and
-a distilled student). Where they are not given or missing, `--fallback` decides:
-`minilm` (default) builds, offline from the bundled all-MiniLM-L6-v2 package, a 6-layer
-teacher-sized and a 2-layer student-sized classifier with untrained heads (the recipe's
-sizes; latency only, labels meaningless), `tiny` uses the registry's tiny random BERTs.
+1. In-process: `StudentClassifier.classify` on batches of 1, 4, 16 ... texts (the
+   concurrency levels) with as many torch threads as a replica gets CPUs — the rate the
+   model itself allows.
+2. Served, 1 replica: `POST /v1/classify` (one text per request) to the Ray Serve student
+   app, for the student and the teacher at each concurrency level, from closed-loop
+   clients in a separate process (aiohttp on one event loop; its CPU share is reported).
+   During each level the CPU time of every Ray process is sampled, so the report says
+   what a request costs in the proxy, the replica and the client, and the replica's
+   `GET /v1/stats` says how large the batches it formed were.
+3. Served, 2 fixed replicas, student at the highest level (on 2 cores: not slower?).
+4. Autoscaling: min 1 / max 2 replicas, Serve's autoscaler with a 2 s upscale delay under
+   the highest level; the replica count over time and the rate after scaling.
+
+The last line is the headline, e.g. `served_vs_inprocess=0.62 student_vs_teacher=2.8x
+p50_c16_ms=74 ...`. Results go to benchmarks/results/serve_load.{md,json}.
+
+Models: `--teacher` / `--student` folders. Where they are not given or missing,
+`--fallback minilm` (default) builds, offline from the bundled all-MiniLM-L6-v2 package,
+a 6-layer teacher and a 2-layer student (first layers kept, mean-pooled, untrained
+2-label head: latency only), `tiny` uses the registry's tiny random BERTs.
 
     python benchmarks/serve_load.py --quick
-    python benchmarks/serve_load.py --teacher ~/.cache/raydistill/teachers/sst2-... \
-        --student runs/sst2/students/kd+cod-k16-s0 --requests 200
+    python benchmarks/serve_load.py --duration-s 15
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
-import random
 import shlex
 import socket
 import sys
@@ -35,71 +44,14 @@ from typing import Any
 
 HOST = "127.0.0.1"  # this benchmark only ever talks to the local machine
 RESULTS = Path(__file__).resolve().parent / "results"
+APP = "students"
 
-_WORDS = [
-    "the",
-    "film",
-    "is",
-    "a",
-    "warm",
-    "funny",
-    "and",
-    "moving",
-    "story",
-    "with",
-    "terrific",
-    "performances",
-    "but",
-    "the",
-    "plot",
-    "drags",
-    "in",
-    "the",
-    "middle",
-    "and",
-    "the",
-    "ending",
-    "feels",
-    "rushed",
-    "dull",
-    "tedious",
-    "brilliant",
-    "charming",
-    "clumsy",
-    "heartfelt",
-    "predictable",
-    "sharp",
-    "witty",
-    "overlong",
-    "gorgeous",
-    "flat",
-    "script",
-    "direction",
-    "cast",
-    "music",
-    "camera",
-    "work",
-    "makes",
-    "it",
-    "worth",
-    "seeing",
-    "never",
-    "quite",
-    "comes",
-    "together",
-]
-
-
-def make_texts(n: int, seed: int = 0, min_words: int = 8, max_words: int = 30) -> list[str]:
-    """Review-like sentences of SST-2 length (deterministic)."""
-    rng = random.Random(seed)
-    return [
-        " ".join(rng.choice(_WORDS) for _ in range(rng.randint(min_words, max_words)))
-        for _ in range(n)
-    ]
-
-
-# --------------------------------------------------------------------------- machine / models
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or a module
+from serve_load_client import (  # noqa: E402
+    handle_level,
+    make_texts,
+    run_level,
+)
 
 
 def machine() -> dict[str, Any]:
@@ -111,31 +63,25 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         cpu_model = platform.processor()
-    mem_gb = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
+    import psutil
     import ray
     import torch
     import transformers
 
     return {
-        "nproc": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
+        "nproc": len(os.sched_getaffinity(0)),
         "cpu_model": cpu_model,
-        "mem_gb": mem_gb,
+        "mem_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
-        "platform": platform.platform(),
         "ray": ray.__version__,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
+
+
+# --------------------------------------------------------------------------- models
 
 
 def _count_params(folder: str) -> int | None:
@@ -146,17 +92,13 @@ def _count_params(folder: str) -> int | None:
         for f in Path(folder).glob("*.safetensors"):
             with safe_open(str(f), "pt") as st:
                 for k in st.keys():  # noqa: SIM118 (safe_open has no __iter__)
-                    total += _numel(st, k)
+                    n = 1
+                    for d in st.get_slice(k).get_shape():
+                        n *= int(d)
+                    total += n
         return total or None
     except Exception:
         return None
-
-
-def _numel(st, key: str) -> int:
-    n = 1
-    for d in st.get_slice(key).get_shape():
-        n *= int(d)
-    return n
 
 
 def _minilm_classifier(dest: Path, num_layers: int | None) -> str:
@@ -184,22 +126,17 @@ def pick_models(args, workdir: Path) -> tuple[dict[str, str], dict[str, str]]:
             chosen[role] = str(Path(given).expanduser().resolve())
             notes[role] = f"given folder {chosen[role]}"
         elif given:
-            print(
-                f"[serve_load] {role} folder {given!r} not found; using --fallback {args.fallback}"
-            )
+            print(f"[serve_load] {role} folder {given!r} not found; using --fallback")
     missing = [r for r in ("student", "teacher") if r not in chosen]
     if missing and args.fallback == "minilm":
-        try:
-            for role in missing:
-                layers = 2 if role == "student" else None
-                chosen[role] = _minilm_classifier(workdir / role, layers)
-                notes[role] = (
-                    f"all-MiniLM-L6-v2, {layers or 6} layers, untrained 2-label head "
-                    "(bundled package; latency only)"
-                )
-            missing = []
-        except Exception as e:  # package not installed: fall through to tiny
-            print(f"[serve_load] MiniLM fallback unavailable ({e}); using tiny models")
+        for role in missing:
+            layers = 2 if role == "student" else None
+            chosen[role] = _minilm_classifier(workdir / role, layers)
+            notes[role] = (
+                f"all-MiniLM-L6-v2, {layers or 6} layers, untrained 2-label head "
+                "(bundled package; latency only)"
+            )
+        missing = []
     for role in missing:
         name = "tiny-bert" if role == "student" else "tiny-bert-wide"
         chosen[role] = resolve_model(name)
@@ -207,7 +144,119 @@ def pick_models(args, workdir: Path) -> tuple[dict[str, str], dict[str, str]]:
     return chosen, notes
 
 
-# --------------------------------------------------------------------------- load
+def in_process(
+    path: str, batches: list[int], seconds: float, threads: int, rounds: int = 3
+) -> dict[str, Any]:
+    """texts/s of `StudentClassifier.classify` per batch size, `threads` torch threads.
+
+    Each batch size is timed in `rounds` rounds taken in turn; the best round is the rate
+    (what the model can do on these cores; the conservative side of served/in-process on a
+    machine whose load moves), the spread is kept too.
+    """
+    import torch
+
+    from raydistill.serving.student_model import StudentClassifier
+
+    torch.set_num_threads(threads)
+    clf = StudentClassifier(path, 128)
+    texts = make_texts(512, seed=1)
+    rates: dict[str, list[float]] = {str(b): [] for b in batches}
+    cpu: dict[str, list[float]] = {str(b): [] for b in batches}
+    for _ in range(rounds):
+        for b in batches:
+            clf.classify(texts[:b])  # warm-up
+            n, t0, c0 = 0, time.perf_counter(), time.process_time()
+            while time.perf_counter() - t0 < seconds / rounds:
+                start = (n * b) % (len(texts) - b)
+                clf.classify(texts[start : start + b])
+                n += 1
+            rates[str(b)].append(round(n * b / (time.perf_counter() - t0), 1))
+            cpu[str(b)].append(round(1000 * (time.process_time() - c0) / (n * b), 2))
+    out: dict[str, Any] = {b: max(r) for b, r in rates.items()}
+    out["rounds"] = rates
+    # CPU time per text (best round): less sensitive than texts/s to a busy machine.
+    out["cpu_ms_per_text"] = {b: min(c) for b, c in cpu.items()}
+    # Tokenization alone at the largest batch: what per-batch tokenizing costs.
+    b = max(batches)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min(seconds, 1.0):
+        clf.tokenizer(texts[:b], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        n += 1
+    out["tokenize_ms_per_text"] = round(1000 * (time.perf_counter() - t0) / (n * b), 3)
+    return out
+
+
+# --------------------------------------------------------------------------- serving phases
+
+
+def _wait_healthy(base: str, timeout_s: float = 120) -> None:
+    import httpx
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("the student app did not come up")
+
+
+def _replica_count() -> int:
+    from ray import serve
+
+    try:
+        app = serve.status().applications[APP]
+        states = app.deployments["StudentAPI"].replica_states
+        return sum(int(v) for k, v in states.items() if getattr(k, "value", k) == "RUNNING")
+    except Exception:
+        return -1
+
+
+def _batch_stats(base: str) -> dict[str, Any]:
+    import httpx
+
+    try:
+        r = httpx.get(f"{base}/v1/stats", timeout=10)
+        return r.json().get("batches", {}) if r.status_code == 200 else {}
+    except Exception:
+        return {}
+
+
+def _batches_between(before: dict, after: dict, model: str) -> dict[str, Any] | None:
+    a, b = before.get(model, {}), after.get(model, {})
+    n = b.get("batches", 0) - a.get("batches", 0)
+    items = b.get("items", 0) - a.get("items", 0)
+    if n <= 0:
+        return None
+    return {"batches": n, "mean_size": round(items / n, 2), "max_size_so_far": b.get("max_size")}
+
+
+def deploy(app_module: str, models: dict[str, str], port: int, args, **kw) -> str:
+    import importlib
+    import inspect
+
+    from ray import serve
+
+    mod = importlib.import_module(app_module)
+    accepted = inspect.signature(mod.build_student_app).parameters
+    kw = {k: v for k, v in kw.items() if k in accepted}
+    if APP in serve.status().applications:
+        serve.delete(APP)
+    mod.serve_students(
+        models,
+        host=HOST,
+        port=port,
+        blocking=False,
+        app_name=APP,
+        max_inputs=max(64, args.inputs_per_request),
+        num_cpus_per_replica=args.replica_cpus,
+        **kw,
+    )
+    base = f"http://{HOST}:{port}"
+    _wait_healthy(base)
+    return base
 
 
 def _free_port(lo: int = 8200, hi: int = 8300) -> int:
@@ -221,94 +270,247 @@ def _free_port(lo: int = 8200, hi: int = 8300) -> int:
     raise RuntimeError(f"no free port in {lo}-{hi - 1}")
 
 
-def _pct(xs: list[float], q: float) -> float:
-    import numpy as np
+def _say(r: dict[str, Any], label: str = "") -> None:
+    print(
+        f"[serve_load] {label}{r['model']:7s} c={r['concurrency']:<3d} p50={r['p50_ms']}ms "
+        f"p99={r['p99_ms']}ms {r['texts_per_s']} texts/s errors={r['errors']} "
+        f"client_cpu={r['client_cpu_share']} batches={r.get('batches')}",
+        flush=True,
+    )
 
-    return float(np.percentile(np.asarray(xs), q)) if xs else float("nan")
+
+def run_all(args, models: dict[str, str]) -> dict[str, Any]:
+    import ray
+    from ray import serve
+
+    levels, top = args.levels, max(args.levels)
+    threads = max(1, round(args.replica_cpus))
+    inproc = {
+        role: in_process(path, levels, args.inproc_seconds, threads)
+        for role, path in models.items()
+    }
+    print(f"[serve_load] in-process texts/s by batch size: {inproc}", flush=True)
+    for attempt in range(3):  # Ray gives a raylet 30 s to register: too short when busy
+        try:
+            ray.init(
+                num_cpus=max(4, int(2 * args.replica_cpus) + 2),
+                object_store_memory=300_000_000,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
+            break
+        except Exception as e:
+            if attempt == 2 or "timed out during startup" not in str(e):
+                raise
+            print(f"[serve_load] Ray did not start ({e}); retrying", flush=True)
+            ray.shutdown()
+            time.sleep(10)
+    port = args.port or _free_port()
+    url = f"http://{HOST}:{port}/v1/classify"
+    pids: dict[int, str] = {}
+    settings = dict(
+        max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_timeout_s
+    )
+    out: dict[str, Any] = {
+        "in_process": inproc,
+        "floor": [],
+        "one_replica": [],
+        "two_replicas": [],
+        "autoscale": {},
+    }
+    try:
+        serve.start(http_options={"host": HOST, "port": port})
+        base = deploy(
+            args.app_module, models, port, args, min_replicas=1, max_replicas=1, **settings
+        )
+        # The floor: proxy + ingress route with no model work (GET /healthz).
+        for c in (1, max(levels)):
+            r = run_level(f"{base}/healthz", "", c, args, pids)
+            r["model"] = "healthz"
+            _say(r)
+            out["floor"].append(r)
+        for model in ("student", "teacher"):
+            for c in levels:
+                s0 = _batch_stats(base)
+                r = run_level(url, model, c, args, pids)
+                r["batches"] = _batches_between(s0, _batch_stats(base), model)
+                _say(r)
+                out["one_replica"].append(r)
+        s0 = _batch_stats(base)
+        r = handle_level("student", max(levels), args.duration_s)
+        if r is not None:
+            r["batches"] = _batches_between(s0, _batch_stats(base), "student")
+            _say(r, "handle, no HTTP ")
+            out["handle"] = [r]
+        if not args.skip_scaling:
+            deploy(args.app_module, models, port, args, min_replicas=2, max_replicas=2, **settings)
+            for c in sorted({levels[len(levels) // 2], top}):
+                r = run_level(url, "student", c, args, pids)
+                _say(r, "2 replicas ")
+                out["two_replicas"].append(r)
+            out["autoscale"] = autoscale_phase(args, models, port, url, pids, settings)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return out
 
 
-async def run_level(
-    url: str, model: str, concurrency: int, n_requests: int, texts: list[str], per_request: int
-) -> dict[str, Any]:
-    import httpx
+def autoscale_phase(args, models, port, url, pids, settings) -> dict[str, Any]:
+    """min 1 / max 2 replicas under the top level: does Serve scale up, and what rate then."""
+    import threading
 
-    latencies: list[float] = []
-    errors = 0
-    next_i = 0
+    top = max(args.levels)
+    deploy(
+        args.app_module,
+        models,
+        port,
+        args,
+        min_replicas=1,
+        max_replicas=2,
+        target_ongoing_requests=args.target_ongoing_requests,
+        upscale_delay_s=2.0,
+        downscale_delay_s=600.0,
+        **settings,
+    )
+    timeline: list[tuple[float, int]] = []
+    stop = threading.Event()
+    t0 = time.perf_counter()
 
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal next_i, errors
-        while next_i < n_requests:
-            i = next_i
-            next_i += 1
-            start = (i * per_request) % len(texts)
-            body = {"model": model, "inputs": texts[start : start + per_request]}
-            t0 = time.perf_counter()
-            try:
-                r = await client.post(url, json=body)
-                ok = r.status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            dt = time.perf_counter() - t0
-            if ok:
-                latencies.append(dt)
-            else:
-                errors += 1
+    def poll() -> None:
+        while not stop.is_set():
+            timeline.append((round(time.perf_counter() - t0, 1), _replica_count()))
+            stop.wait(1.0)
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
-    done = len(latencies)
+    th = threading.Thread(target=poll, daemon=True)
+    th.start()
+    # Load in 10 s chunks until the autoscaler (2 s delay, metrics every few seconds) has
+    # a second replica running, at most 90 s; then one more level measures the rate.
+    chunk = argparse.Namespace(**{**vars(args), "duration_s": 10.0})
+    first = run_level(url, "student", top, chunk, pids)
+    while _replica_count() < 2 and time.perf_counter() - t0 < 90:
+        first = run_level(url, "student", top, chunk, pids)
+    scaled_after_s = round(time.perf_counter() - t0, 1) if _replica_count() >= 2 else None
+    second = run_level(url, "student", top, args, pids)
+    stop.set()
+    th.join(timeout=5)
+    _say(first, "autoscale (scaling) ")
+    _say(second, "autoscale (after)   ")
     return {
-        "model": model,
-        "concurrency": concurrency,
-        "requests": n_requests,
-        "ok": done,
-        "errors": errors,
-        "inputs_per_request": per_request,
-        "wall_s": round(wall, 3),
-        "p50_ms": round(_pct(latencies, 50) * 1000, 1),
-        "p90_ms": round(_pct(latencies, 90) * 1000, 1),
-        "p99_ms": round(_pct(latencies, 99) * 1000, 1),
-        "mean_ms": round(sum(latencies) / done * 1000, 1) if done else None,
-        "req_per_s": round(done / wall, 2) if wall else None,
-        "texts_per_s": round(done * per_request / wall, 1) if wall else None,
+        "config": {
+            "min_replicas": 1,
+            "max_replicas": 2,
+            "target_ongoing_requests": args.target_ongoing_requests,
+            "upscale_delay_s": 2.0,
+        },
+        "while_scaling": first,
+        "second_replica_running_after_s": scaled_after_s,
+        "after": second,
+        "replicas_timeline": timeline,
+        "max_replicas_seen": max((n for _, n in timeline), default=0),
     }
 
 
-def requests_for(concurrency: int, args) -> int:
-    if args.requests:
-        return int(args.requests)
-    per_client = 8 if args.quick else 40
-    return max(20 if args.quick else 100, per_client * concurrency)
+# --------------------------------------------------------------------------- summary
 
 
-# --------------------------------------------------------------------------- report
+def summarize(out: dict[str, Any], levels: list[int]) -> dict[str, Any]:
+    """Ratios, targets (met / missed) and the headline line."""
+    top, low = max(levels), sorted(levels)[len(levels) // 2]
+    by = {(r["model"], r["concurrency"]): r for r in out["one_replica"]}
+    stu, tea = by.get(("student", top)), by.get(("teacher", top))
+    inproc_top = out["in_process"]["student"][str(top)]
+    ratio = stu["texts_per_s"] / inproc_top if stu else None
+    s_vs_t = stu["texts_per_s"] / tea["texts_per_s"] if stu and tea and tea["texts_per_s"] else None
+    mid = by.get(("student", low))
+    two = {r["concurrency"]: r for r in out["two_replicas"]}.get(top)
+    two_vs_one = two["texts_per_s"] / stu["texts_per_s"] if two and stu else None
+    auto = out.get("autoscale") or {}
+    targets = {
+        f"served texts/s at c={top} >= 50% of in-process batch-{top}": (
+            ratio is not None and ratio >= 0.5,
+            f"{ratio:.2f}" if ratio is not None else "n/a",
+        ),
+        f"p50 at c={top} <= 100 ms (student)": (
+            stu is not None and stu["p50_ms"] is not None and stu["p50_ms"] <= 100,
+            f"{stu['p50_ms']} ms" if stu else "n/a",
+        ),
+        f"throughput does not fall from c={low} to c={top}": (
+            bool(stu and mid and stu["texts_per_s"] >= 0.95 * mid["texts_per_s"]),
+            f"{mid['texts_per_s'] if mid else '?'} -> {stu['texts_per_s'] if stu else '?'} texts/s",
+        ),
+        f"student >= 2.5x teacher served at c={top}": (
+            s_vs_t is not None and s_vs_t >= 2.5,
+            f"{s_vs_t:.2f}x" if s_vs_t is not None else "n/a",
+        ),
+        f"2 replicas not slower than 1 at c={top}": (
+            two_vs_one is not None and two_vs_one >= 0.95,
+            f"{two_vs_one:.2f}x" if two_vs_one is not None else "not run",
+        ),
+        "autoscaling exercised (1 -> 2 replicas under load)": (
+            auto.get("max_replicas_seen", 0) >= 2,
+            f"max replicas seen {auto.get('max_replicas_seen', 'not run')}",
+        ),
+    }
+    inproc_ratio = out["in_process"]["student"][str(top)] / out["in_process"]["teacher"][str(top)]
+    # CPU efficiency: model CPU per text in-process / all serving CPU per text (proxy,
+    # replica, controller, ...; not the client) at the top level. Robust to a busy machine.
+    eff = None
+    if stu and stu.get("cpu_ms_per_req"):
+        served_cpu = sum(v for k, v in stu["cpu_ms_per_req"].items() if k != "dashboard")
+        eff = out["in_process"]["student"]["cpu_ms_per_text"][str(top)] / max(served_cpu, 1e-9)
+    headline = (
+        f"served_vs_inprocess={ratio:.2f} student_vs_teacher={s_vs_t:.1f}x "
+        f"p50_c{top}_ms={stu['p50_ms']:.0f} inprocess_student_vs_teacher={inproc_ratio:.1f}x"
+        + (f" two_vs_one_replica={two_vs_one:.2f}x" if two_vs_one is not None else "")
+        + (f" served_cpu_efficiency={eff:.2f}" if eff is not None else "")
+        if stu and tea
+        else "served_vs_inprocess=n/a"
+    )
+    return {
+        "served_vs_inprocess": round(ratio, 3) if ratio is not None else None,
+        "student_vs_teacher": round(s_vs_t, 3) if s_vs_t is not None else None,
+        "inprocess_student_vs_teacher": round(inproc_ratio, 3),
+        "served_cpu_efficiency": round(eff, 3) if eff is not None else None,
+        "two_vs_one_replica": round(two_vs_one, 3) if two_vs_one is not None else None,
+        "targets": {k: {"met": bool(m), "value": v} for k, (m, v) in targets.items()},
+        "headline": headline,
+    }
 
 
-def write_report(out: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+def _row(r: dict[str, Any], label: str) -> str:
+    b = r.get("batches") or {}
+    cpu = r.get("cpu_ms_per_req", {})
+    per = ", ".join(f"{k} {v:.1f}" for k, v in cpu.items() if k in ("proxy", "replica"))
+    return (
+        f"| {label} | {r['model']} | {r['concurrency']} | {r['ok']} | {r['errors']} | "
+        f"{r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['texts_per_s']} | "
+        f"{b.get('mean_size', '–')} | {r['client_cpu_share']} | {per or '–'} |"
+    )
+
+
+def write_report(out: dict[str, Any], out_dir: Path, name: str) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    jpath = out_dir / "serve_load.json"
-    mpath = out_dir / "serve_load.md"
+    jpath, mpath = out_dir / f"{name}.json", out_dir / f"{name}.md"
     jpath.write_text(json.dumps(out, indent=2) + "\n")
-    m = out["machine"]
+    m, st, sm = out["machine"], out["settings"], out["summary"]
     lines = [
-        "# Serve load: student vs teacher",
+        "# Serve load: served students vs the same models in-process",
         "",
         f"Command: `{out['command']}`",
         "",
-        f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['mem_gb']} GB RAM, "
-        f"GPU: {m['gpu'] or 'none'}; load average at start {m['loadavg_at_start']}; "
+        f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['mem_gb']} GB RAM, GPU: "
+        f"{m['gpu'] or 'none'}; load average at start {m['loadavg_at_start']}, at end "
+        f"{out['loadavg_at_end']} (the machine is shared: compare ratios within this run); "
         f"Ray {m['ray']}, torch {m['torch']}, transformers {m['transformers']}.",
         "",
-        f"Setup: one Ray Serve app on {HOST}, models multiplexed in one pool deployment "
-        f"({out['settings']['replicas']} replica(s), {out['settings']['replica_cpus']} CPU each), "
-        f"`@serve.batch` max {out['settings']['max_batch_size']} / "
-        f"{out['settings']['batch_wait_timeout_s'] * 1000:.0f} ms; closed-loop clients, "
-        f"{out['settings']['inputs_per_request']} text(s) per request; "
-        f"{out['settings']['warmup']} warm-up requests per model not counted.",
+        f"Setup: app `{st['app_module']}` on {HOST}; replicas of {st['replica_cpus']} CPU "
+        f"({max(1, round(st['replica_cpus']))} torch thread(s)); `@serve.batch` max "
+        f"{st['max_batch_size']} / {st['batch_wait_timeout_s'] * 1000:.0f} ms; closed-loop "
+        f"aiohttp clients in their own process, {st['inputs_per_request']} text(s) per "
+        f"request, {st['duration_s']} s per level after a 0.5 s warm-up"
+        + (", model header sent for multiplexed routing" if st["model_header"] else "")
+        + (f"; Ray environment {st['serve_env']}" if st.get("serve_env") else "")
+        + ".",
         "",
         "| model | params | what |",
         "|---|---:|---|",
@@ -316,29 +518,73 @@ def write_report(out: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
     for role, info in out["models"].items():
         params = f"{info['params'] / 1e6:.1f} M" if info.get("params") else "?"
         lines.append(f"| {role} | {params} | {info['what']} |")
+    ip = out["in_process"]
+    sizes = [k for k in ip["student"] if k.isdigit()]
+    cpu_rows = [
+        f"| {role} CPU ms/text | "
+        + " | ".join(str(ip[role]["cpu_ms_per_text"][b]) for b in sizes)
+        + " | |"
+        for role in ("student", "teacher")
+    ]
     lines += [
         "",
-        "| model | concurrency | requests | errors | p50 ms | p90 ms | p99 ms | req/s | texts/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "In-process `StudentClassifier.classify`, texts/s by batch size (same thread count; "
+        "best of 3 rounds, all rounds in the JSON):",
+        "",
+        "| model | " + " | ".join(f"batch {b}" for b in sizes) + " | tokenize ms/text |",
+        "|---|" + "---:|" * (len(sizes) + 1),
     ]
-    for r in out["results"]:
+    for role in ("student", "teacher"):
         lines.append(
-            f"| {r['model']} | {r['concurrency']} | {r['ok']} | {r['errors']} | {r['p50_ms']} "
-            f"| {r['p90_ms']} | {r['p99_ms']} | {r['req_per_s']} | {r['texts_per_s']} |"
+            f"| {role} | "
+            + " | ".join(str(ip[role][b]) for b in sizes)
+            + f" | {ip[role]['tokenize_ms_per_text']} |"
         )
-    speed = out.get("speedup")
-    if speed:
+    lines += cpu_rows
+    lines += [
+        "",
+        "Served (`POST /v1/classify`). *batch*: mean batch the replica formed in the level "
+        "(`GET /v1/stats`); *client CPU*: the load generator's CPU share of one core; "
+        "*CPU ms/req*: proxy and replica CPU per request (from /proc, includes warm-up).",
+        "",
+        "| setup | model | c | requests | errors | p50 ms | p90 ms | p99 ms | texts/s | batch "
+        "| client CPU | CPU ms/req |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    lines += [_row(r, "floor: GET /healthz") for r in out.get("floor", [])]
+    lines += [_row(r, "1 replica") for r in out["one_replica"]]
+    lines += [_row(r, "1 replica, handle call (no HTTP)") for r in out.get("handle", [])]
+    lines += [_row(r, "2 replicas") for r in out["two_replicas"]]
+    auto = out.get("autoscale") or {}
+    if auto:
+        lines.append(_row(auto["while_scaling"], "autoscale 1→2, last 10 s before scaling"))
+        lines.append(_row(auto["after"], "autoscale 1→2, after"))
+        changes = [
+            (t, n)
+            for i, (t, n) in enumerate(auto["replicas_timeline"])
+            if i == 0 or n != auto["replicas_timeline"][i - 1][1]
+        ]
+        tl = ", ".join(f"{n} at {t} s" for t, n in changes)
         lines += [
             "",
-            "Student/teacher throughput ratio per concurrency: "
-            + ", ".join(f"c={c}: {v}x" for c, v in speed.items())
-            + ".",
+            f"Autoscaling config {auto['config']}; running replicas under load: {tl} "
+            f"(second replica running after {auto.get('second_replica_running_after_s')} s).",
         ]
+    lines += ["", "Targets:", ""]
+    for k, v in sm["targets"].items():
+        lines.append(f"- {'met' if v['met'] else 'MISSED'}: {k} ({v['value']})")
     lines += [
         "",
-        "Notes: numbers from a shared machine are noisy (see the load average); the "
-        "client, the HTTP proxy and the replicas share the same CPUs. Quick mode sends few "
-        "requests, so p99 is close to the maximum.",
+        "CPU efficiency (in-process model CPU per text at the top batch size / CPU of all "
+        f"serving processes per request at the top level): {sm['served_cpu_efficiency']}.",
+        "",
+        f"Student/teacher in-process at the top batch size: "
+        f"{sm['inprocess_student_vs_teacher']}x (the compute ratio the served ratio is "
+        "bounded by).",
+        "",
+        "Diagnosis and the changes behind these numbers: serve_load_diagnosis.md.",
+        "",
+        f"`{sm['headline']}`",
         "",
     ]
     mpath.write_text("\n".join(lines))
@@ -349,108 +595,90 @@ def write_report(out: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--student", help="student checkpoint folder")
     p.add_argument("--teacher", help="teacher classifier folder (e.g. the MiniLM teacher)")
     p.add_argument("--fallback", choices=("minilm", "tiny"), default="minilm")
-    p.add_argument("--quick", action="store_true", help="few requests per level (~1 min)")
+    p.add_argument("--quick", action="store_true", help="short levels (~3 min in all)")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated levels")
-    p.add_argument("--requests", type=int, help="requests per level (default: scales with level)")
+    p.add_argument("--duration-s", type=float, help="seconds per level (default 10; quick 4)")
+    p.add_argument(
+        "--inproc-seconds", type=float, help="seconds per in-process batch size (3 rounds)"
+    )
     p.add_argument("--inputs-per-request", type=int, default=1)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--replicas", type=int, default=1)
     p.add_argument("--replica-cpus", type=float, default=1.0)
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--batch-wait-timeout-s", type=float, default=0.005)
+    p.add_argument("--target-ongoing-requests", type=float, default=8.0)
+    p.add_argument("--no-model-header", dest="model_header", action="store_false")
+    p.add_argument(
+        "--serve-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment for the Ray processes (e.g. RAY_SERVE_THROUGHPUT_OPTIMIZED=1)",
+    )
+    p.add_argument(
+        "--worker-niceness",
+        type=int,
+        default=0,
+        help="niceness of Ray's worker processes (Serve proxy, replicas); Ray's default is "
+        "15, which on a shared machine puts the served path behind every ordinary process, "
+        "the in-process baseline and the load client included",
+    )
+    p.add_argument("--skip-scaling", action="store_true", help="no 2-replica / autoscale phases")
+    p.add_argument(
+        "--app-module",
+        default="raydistill.serving.student_app",
+        help="module with serve_students/build_student_app (to benchmark another version)",
+    )
     p.add_argument("--port", type=int, help="HTTP port on 127.0.0.1 (default: free in 8200-8299)")
     p.add_argument("--out-dir", default=str(RESULTS))
+    p.add_argument("--name", default="serve_load", help="report file stem")
     args = p.parse_args(argv)
-    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    if any(c < 1 or c > 64 for c in levels):
+    args.levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    if not args.levels or any(c < 1 or c > 64 for c in args.levels):
         p.error("concurrency levels must be in 1..64")
-    if args.requests is not None and not 1 <= args.requests <= 5000:
-        p.error("--requests must be in 1..5000")
+    args.duration_s = args.duration_s or (4.0 if args.quick else 10.0)
+    args.inproc_seconds = args.inproc_seconds or (3.0 if args.quick else 6.0)
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import ray
-    from ray import serve
-
-    from raydistill.serving.student_app import serve_students
-
+    serve_env = {"RAY_worker_niceness": str(args.worker_niceness)}
+    serve_env.update(kv.split("=", 1) for kv in args.serve_env)
+    os.environ.update(serve_env)  # the local cluster's processes inherit this environment
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     info = machine()
     with tempfile.TemporaryDirectory(prefix="serve_load_") as tmp:
         models, notes = pick_models(args, Path(tmp))
-        ray.init(
-            num_cpus=max(4, int(args.replicas * args.replica_cpus) + 2),
-            object_store_memory=500_000_000,
-            include_dashboard=False,
-            log_to_driver=False,
-        )
-        port = args.port or _free_port()
-        url = f"http://{HOST}:{port}/v1/classify"
-        results: list[dict[str, Any]] = []
-        try:
-            serve_students(
-                models,
-                host=HOST,
-                port=port,
-                blocking=False,
-                min_replicas=args.replicas,
-                max_replicas=args.replicas,
-                max_batch_size=args.max_batch_size,
-                batch_wait_timeout_s=args.batch_wait_timeout_s,
-                num_cpus_per_replica=args.replica_cpus,
-                max_inputs=max(64, args.inputs_per_request),
-            )
-            texts = make_texts(512)
-            for model in ("student", "teacher"):
-                # Warm-up: loads the checkpoint into the multiplexed pool, JITs nothing.
-                asyncio.run(run_level(url, model, 1, args.warmup, texts, args.inputs_per_request))
-                for c in levels:
-                    n = requests_for(c, args)
-                    r = asyncio.run(run_level(url, model, c, n, texts, args.inputs_per_request))
-                    print(
-                        f"[serve_load] {model:7s} c={c:<3d} n={n:<4d} p50={r['p50_ms']}ms "
-                        f"p99={r['p99_ms']}ms {r['req_per_s']} req/s errors={r['errors']}",
-                        flush=True,
-                    )
-                    results.append(r)
-        finally:
-            serve.shutdown()
-            ray.shutdown()
         params = {role: _count_params(path) for role, path in models.items()}
-
-    by = {(r["model"], r["concurrency"]): r for r in results}
-    speedup = {
-        str(c): round(by[("student", c)]["req_per_s"] / by[("teacher", c)]["req_per_s"], 2)
-        for c in levels
-        if by.get(("student", c), {}).get("req_per_s")
-        and by.get(("teacher", c), {}).get("req_per_s")
-    }
+        out = run_all(args, models)
     out = {
         "command": command,
         "machine": info,
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
         "settings": {
+            "app_module": args.app_module,
             "quick": args.quick,
-            "concurrency": levels,
+            "concurrency": args.levels,
+            "duration_s": args.duration_s,
             "inputs_per_request": args.inputs_per_request,
-            "warmup": args.warmup,
-            "replicas": args.replicas,
             "replica_cpus": args.replica_cpus,
             "max_batch_size": args.max_batch_size,
             "batch_wait_timeout_s": args.batch_wait_timeout_s,
+            "target_ongoing_requests": args.target_ongoing_requests,
+            "model_header": args.model_header,
+            "serve_env": serve_env,
         },
-        "models": {
-            role: {"what": notes[role], "params": params[role]} for role in ("student", "teacher")
-        },
-        "results": results,
-        "speedup": speedup,
+        "models": {r: {"what": notes[r], "params": params[r]} for r in ("student", "teacher")},
+        **out,
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    mpath, jpath = write_report(out, Path(args.out_dir))
+    out["summary"] = summarize(out, args.levels)
+    mpath, jpath = write_report(out, Path(args.out_dir), args.name)
     print(mpath.read_text())
     print(f"[serve_load] wrote {mpath} and {jpath}")
+    print(out["summary"]["headline"])
     return 0
 
 

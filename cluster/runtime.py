@@ -105,4 +105,3 @@ def check_storage(cfg: Any) -> list[str]:
         log.warning(p)
         print(f"[raydistill] WARNING: {p}", flush=True)
     return problems
-

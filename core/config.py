@@ -232,6 +232,33 @@ MethodConfig.VARIANTS["weakness"] = WeaknessConfig
 
 
 @dataclass
+class ExplainConfig(MethodConfig):
+    """Explanation distillation with critique–revision (multiple-choice QA).
+
+    The teacher LLM explains each gold answer, critiques its explanation and revises it
+    only when the critique names a flaw; students learn answers and explanations.
+    `experiment.arms` are "<mode>:<source>" (answer | multitask | cf | multitask+cf;
+    human | original | revised), e.g. [answer, multitask:human, multitask:revised].
+    """
+
+    name: str = "explain"
+    max_new_tokens: int = 64
+    temperature: float = 0.3
+    top_p: float = 0.95
+    # A revision longer than this × the original keeps the original (selective revision
+    # with a length cap: the reference study's revisions ran 2.6× longer).
+    max_revision_ratio: float = 1.5
+    max_explanation_words: int = 60
+
+
+MethodConfig.VARIANTS["explain"] = ExplainConfig
+
+
+STUDENT_KINDS = ("sequence_classification", "token_classification", "seq2seq", "causal_lm")
+STUDENT_MODES = ("answer", "explain", "multitask")
+
+
+@dataclass
 class StudentConfig:
     """The student and the distillation loss L = CE + α·T²·KL + β·L_LWD."""
 
@@ -239,6 +266,15 @@ class StudentConfig:
     # sequence_classification | token_classification | seq2seq | causal_lm; None = the
     # task kind's default (training/student_kinds.py).
     kind: str | None = None
+    # Generative students (seq2seq, causal_lm). mcqa targets: "answer" (the answer text),
+    # "explain" ("<answer> because <explanation>"), "multitask" (a "predict" and an
+    # "explain" example per row, as in Distilling step-by-step). Greedy decoding stops
+    # after max_new_tokens (training targets are cut to it too). prompt_format: how a row
+    # becomes the prompt, with {source} {question} {choices} {text} {task}; None = the
+    # kind's default for the task kind (student_kinds.default_prompt_format).
+    mode: str = "answer"
+    max_new_tokens: int = 32
+    prompt_format: str | None = None
     # Keep the first N transformer layers of the backbone (None = all).
     num_layers: int | None = 2
     # mean | native, as for the teacher. Mean-pooled MiniLM students learn from
@@ -271,6 +307,11 @@ class StudentConfig:
 
     def __post_init__(self) -> None:
         _one_of("student.pooling", self.pooling, POOLINGS)
+        if self.kind is not None:
+            _one_of("student.kind", self.kind, STUDENT_KINDS)
+        _one_of("student.mode", self.mode, STUDENT_MODES)
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"student.max_new_tokens: at least 1, got {self.max_new_tokens}")
 
 
 @dataclass

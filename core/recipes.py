@@ -31,9 +31,7 @@ def _tagged(hint: type, value: dict[str, Any], where: str) -> type:
     variants: dict[str, type] = hint.VARIANTS  # type: ignore[attr-defined]
     name = value.get("name", hint.DEFAULT)  # type: ignore[attr-defined]
     if name not in variants:
-        raise ConfigError(
-            f"{where}.name: {name!r} is not one of {', '.join(sorted(variants))}"
-        )
+        raise ConfigError(f"{where}.name: {name!r} is not one of {', '.join(sorted(variants))}")
     return variants[name]
 
 

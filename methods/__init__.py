@@ -24,6 +24,7 @@ from raydistill.config import ConfigError
 METHODS: dict[str, str] = {
     "cod": "raydistill.methods.cod",
     "weakness": "raydistill.methods.weakness",
+    "explain": "raydistill.methods.explain",
 }
 
 

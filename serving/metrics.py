@@ -1,9 +1,12 @@
-"""Shadow-mode bookkeeping: student–teacher agreement as local counts and Ray metrics.
+"""Serving bookkeeping: shadow-mode agreement and batch sizes, as local counts and Ray metrics.
 
 `ShadowStats` keeps exact counts in the process (served as JSON at `GET /v1/shadow`) and
-mirrors them into Ray's metrics system (`ray.util.metrics`), which the Ray dashboard's
-Metrics tab and Prometheus scrape. Ray exports user metrics with a `ray_` prefix, so
-`raydistill_shadow_requests_total` is scraped as `ray_raydistill_shadow_requests_total`.
+`BatchStats` counts the batches the replica's `@serve.batch` queue formed (sizes, model
+time; `GET /v1/stats`), so an operator can see whether concurrent requests really merge.
+Both mirror into Ray's metrics system (`ray.util.metrics`), which the Ray dashboard's
+Metrics tab and Prometheus scrape and which aggregate across replicas. Ray exports user
+metrics with a `ray_` prefix, so `raydistill_shadow_requests_total` is scraped as
+`ray_raydistill_shadow_requests_total`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ SHADOW_METRIC_NAMES = (
     SHADOW_ERRORS,
     SHADOW_AGREEMENT,
 )
+BATCH_SIZE = "raydistill_batch_size"
+BATCH_MODEL_SECONDS = "raydistill_batch_model_seconds"
+BATCH_SIZE_BOUNDARIES = [1.5, 2.5, 4.5, 8.5, 16.5, 32.5, 64.5]
 
 
 class ShadowSampler:
@@ -166,4 +172,77 @@ def _make_ray_metrics() -> dict[str, Any] | None:
         }
     except Exception:
         logger.debug("Ray metrics unavailable; shadow stats stay local", exc_info=True)
+        return None
+
+
+@dataclass
+class _BatchCounts:
+    batches: int = 0
+    items: int = 0
+    max_size: int = 0
+    model_s: float = 0.0
+    sizes: dict[int, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "items": self.items,
+            "mean_size": round(self.items / self.batches, 3) if self.batches else None,
+            "max_size": self.max_size,
+            "model_ms_per_item": round(1000 * self.model_s / self.items, 3) if self.items else None,
+            "sizes": {str(k): v for k, v in sorted(self.sizes.items())},
+        }
+
+
+@dataclass
+class BatchStats:
+    """Batches one replica ran per model: count, items, size histogram, model seconds."""
+
+    _by_model: dict[str, _BatchCounts] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _ray: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self._ray = _make_batch_metrics()
+
+    def record(self, model: str, size: int, model_seconds: float) -> None:
+        with self._lock:
+            c = self._by_model.setdefault(model, _BatchCounts())
+            c.batches += 1
+            c.items += size
+            c.max_size = max(c.max_size, size)
+            c.model_s += model_seconds
+            c.sizes[size] = c.sizes.get(size, 0) + 1
+        if self._ray:
+            try:
+                self._ray["size"].observe(size, tags={"model": model})
+                self._ray["seconds"].observe(model_seconds, tags={"model": model})
+            except Exception:
+                logger.debug("recording Ray batch metrics failed", exc_info=True)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {m: c.as_dict() for m, c in sorted(self._by_model.items())}
+
+
+def _make_batch_metrics() -> dict[str, Any] | None:
+    try:
+        from ray.util.metrics import Histogram
+
+        return {
+            "size": Histogram(
+                BATCH_SIZE,
+                description="Inputs per model call formed by the replica's batch queue.",
+                boundaries=BATCH_SIZE_BOUNDARIES,
+                tag_keys=("model",),
+            ),
+            "seconds": Histogram(
+                BATCH_MODEL_SECONDS,
+                description="Seconds one batched model call took (tokenize + forward).",
+                boundaries=[0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0],
+                tag_keys=("model",),
+            ),
+        }
+    except Exception:
+        logger.debug("Ray metrics unavailable; batch stats stay local", exc_info=True)
         return None

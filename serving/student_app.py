@@ -1,18 +1,29 @@
-"""Serve distilled student classifiers over HTTP with Ray Serve.
+"""Serve distilled students over HTTP with Ray Serve: one hop from the proxy to the model.
 
-Three layers:
+Layers:
 
-* `StudentClassifier` — plain Python: load an HF sequence-classification folder and
-  classify a list of texts. No Ray; unit-testable and reusable in batch jobs.
-* `ClassifierPool` — a Serve deployment holding several checkpoints, selected per request
-  by Serve model multiplexing (`@serve.multiplexed` + `serve.get_multiplexed_model_id`),
-  with `@serve.batch` dynamic batching of single texts across concurrent requests and an
-  autoscaling config. A second instance of it (`ShadowTeacher`) scores shadow traffic.
-* `StudentAPI` — the FastAPI ingress: `POST /v1/classify`, `GET /v1/models`,
-  `GET /v1/shadow`, `GET /healthz`, plus FastAPI's `/docs` and `/openapi.json`. It
-  enforces request limits (413), validation (422), malformed JSON (400), unknown models
-  (404) and an optional bearer API key (401), and samples a fraction of requests for the
-  teacher in the background (shadow mode; see `raydistill.serving.metrics`).
+* Plain Python students, one per kind, each with a batched `run(inputs)`:
+  `StudentClassifier` (student_model.py), `StudentTagger` and `StudentGenerator`
+  (student_kinds.py). No Ray; unit-testable and reusable in batch jobs.
+* `StudentAPI` — the Serve deployment that is both the FastAPI ingress (routes in
+  student_routes.py: validation, limits, auth, errors) and the model host: it keeps up to
+  `MAX_MODELS_PER_REPLICA` students loaded (`@serve.multiplexed`, LRU), merges the inputs
+  of concurrent requests into one model call per model (`@serve.batch`), and autoscales.
+* `ModelPool` — the same model host without HTTP, called through a handle: the shadow
+  teacher (`ShadowTeacher`) that scores a fraction of classify requests in the background
+  (see `raydistill.serving.metrics`).
+
+Why the models live in the ingress replica: an earlier layout put them in a separate pool
+deployment behind the ingress, so each request crossed two Serve hops (proxy → ingress →
+pool). On a 2-core machine a hop costs about as much CPU as a 2-layer student's share of
+a batched forward, the ingress ran with Serve's default of 5 in-flight requests (the proxy
+held back and retried the rest with back-off, so throughput fell as concurrency rose), and
+the pool's batches never filled. See benchmarks/results/serve_load_diagnosis.md.
+
+Multiplexing: a request's model comes from its JSON body; a client that also sends the
+header `serve_multiplexed_model_id: <model>` is routed by the proxy to a replica that
+already holds that model. Batches are split per model inside the batch handler, so
+requests without the header batch correctly too.
 
 Entry points: `build_student_app(...)` returns a Serve Application, `serve_students(...)`
 runs it, and `app_from_env(args)` is the import-path builder for Serve config files
@@ -22,70 +33,142 @@ runs it, and `app_from_env(args)` is the import-path builder for Serve config fi
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
 from ray import serve
 
-from .metrics import ShadowSampler, ShadowStats, labels_agree
+from .metrics import BatchStats, ShadowSampler, ShadowStats, labels_agree
+from .student_kinds import (
+    CLASSIFY,
+    ENDPOINT_OF_KIND,
+    GENERATIVE,
+    TAG,
+    input_fields,
+    load_student,
+    needs_object,
+    read_meta,
+)
 from .student_model import StudentClassifier, read_labels  # noqa: F401  (re-exported)
 
 logger = logging.getLogger("ray.serve")
 
-# LRU cache size of the multiplexed pool: checkpoints kept loaded per replica.
+# LRU cache size of the multiplexed models: checkpoints kept loaded per replica.
 MAX_MODELS_PER_REPLICA = 8
 TEACHER_ID = "teacher"
 APP_NAME = "students"
 API_KEY_ENV = "RAYDISTILL_API_KEY"
 
 
-# --------------------------------------------------------------------------- model pool
+# --------------------------------------------------------------------------- model host
 
 
-@serve.deployment(name="ClassifierPool")
-class ClassifierPool:
-    """Several checkpoints behind one deployment, chosen by the multiplexed model id."""
+class _Failed:
+    """One batch item's error: a failing model fails its own requests, not the batch's."""
 
-    def __init__(
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+# Kinds whose batched call runs on the replica's event loop rather than in a thread.
+# A classifier or tagger forward is short (milliseconds), and handing it to a thread made
+# the model thread and the request-intake threads fight over the GIL: requests trickled
+# in one by one while a forward ran, so batches stayed at ~2 under 16 concurrent clients
+# (diagnosis: ~2-3 in a thread, ~5-7 inline under the same load). Inline, requests queue
+# up during the forward and the next batch takes them all. Generation runs for seconds,
+# so it stays in a thread and the replica keeps answering meanwhile.
+INLINE_KINDS = (CLASSIFY, TAG)
+
+
+class _ModelHost:
+    """Students by name, loaded on first use (LRU), run in merged batches.
+
+    The batch queue holds (model name, input) items from every concurrent request; the
+    handler groups them per model, so one model call (one tokenizer call, one forward)
+    serves all the requests of that model in the batch (see INLINE_KINDS for where the
+    call runs).
+    """
+
+    def _setup_host(
         self,
-        models: dict[str, str],
-        max_length: int = 128,
-        max_batch_size: int = 32,
-        batch_wait_timeout_s: float = 0.01,
-    ):
+        models: Mapping[str, str],
+        *,
+        max_length: int,
+        max_batch_size: int,
+        batch_wait_timeout_s: float,
+        torch_threads: int,
+    ) -> None:
+        import torch
         import transformers  # noqa: F401  (pay the slow import at start-up, not per request)
 
+        # One intra-op thread per reserved CPU: more threads than cores on a shared
+        # machine only adds contention with the proxy and the other replicas.
+        torch.set_num_threads(max(1, int(torch_threads)))
         self._paths = dict(models)
         self._max_length = int(max_length)
-        self._classify_batch.set_max_batch_size(int(max_batch_size))
-        self._classify_batch.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
+        self._meta: dict[str, dict[str, Any]] = {}
+        for name, path in self._paths.items():
+            try:
+                self._meta[name] = read_meta(path)
+            except Exception:  # unreadable here: a classifier until loading says otherwise
+                logger.exception("could not read the student metadata of %r at %s", name, path)
+                self._meta[name] = {"kind": CLASSIFY, "unreadable": True}
+        self.batch_stats = BatchStats()
+        self._batch.set_max_batch_size(int(max_batch_size))
+        self._batch.set_batch_wait_timeout_s(float(batch_wait_timeout_s))
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
-    async def get_model(self, model_id: str) -> StudentClassifier:
+    async def get_model(self, model_id: str):
         if model_id not in self._paths:
             raise KeyError(f"unknown model {model_id!r}; served: {sorted(self._paths)}")
         path = self._paths[model_id]
         logger.info("loading model %r from %s", model_id, path)
-        return await asyncio.to_thread(StudentClassifier, path, self._max_length)
+        return await asyncio.to_thread(load_student, path, self._max_length)
 
-    async def classify(self, texts: list[str]) -> list[dict[str, Any]]:
-        """Classify one request's texts; each text joins the replica's dynamic batches."""
-        return list(await asyncio.gather(*(self._classify_batch(t) for t in texts)))
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _batch(self, items: list[tuple[str, Any]]) -> list[Any]:
+        groups: dict[str, list[int]] = {}
+        for i, (name, _) in enumerate(items):
+            groups.setdefault(name, []).append(i)
+        out: list[Any] = [None] * len(items)
+        for name, idx in groups.items():
+            try:
+                model = await self.get_model(name)
+                inputs = [items[i][1] for i in idx]
+                t0 = time.perf_counter()
+                if model.kind in INLINE_KINDS:
+                    results = model.run(inputs)
+                else:
+                    results = await asyncio.to_thread(model.run, inputs)
+                self.batch_stats.record(name, len(idx), time.perf_counter() - t0)
+                for i, r in zip(idx, results, strict=True):
+                    out[i] = r
+            except Exception as e:
+                for i in idx:
+                    out[i] = _Failed(e)
+        return out
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def _classify_batch(self, texts: list[str]) -> list[dict[str, Any]]:
-        # Serve splits batches by multiplexed model id, so one batch = one model.
-        model = await self.get_model(serve.get_multiplexed_model_id())
-        return await asyncio.to_thread(model.classify, texts)
+    async def run(self, model: str, inputs: list[Any]) -> list[Any]:
+        """One request's inputs, each joining the replica's batches; results in order."""
+        results = await asyncio.gather(*(self._batch((model, x)) for x in inputs))
+        for r in results:
+            if isinstance(r, _Failed):
+                raise r.error
+        return list(results)
 
     def describe(self) -> dict[str, list[str] | None]:
+        """Label names per model (classifiers and taggers; None for generators)."""
         out: dict[str, list[str] | None] = {}
         for name, path in self._paths.items():
+            if self._meta[name]["kind"] in GENERATIVE:
+                out[name] = None
+                continue
             try:
                 out[name] = read_labels(path)
             except Exception:  # a folder this replica cannot read
@@ -93,30 +176,32 @@ class ClassifierPool:
         return out
 
 
+@serve.deployment(name="ModelPool")
+class ModelPool(_ModelHost):
+    """Students behind a handle (`run.remote(model, inputs)`): the shadow teacher."""
+
+    def __init__(
+        self,
+        models: dict[str, str],
+        max_length: int = 128,
+        max_batch_size: int = 32,
+        batch_wait_timeout_s: float = 0.005,
+        torch_threads: int = 1,
+    ):
+        self._setup_host(
+            models,
+            max_length=max_length,
+            max_batch_size=max_batch_size,
+            batch_wait_timeout_s=batch_wait_timeout_s,
+            torch_threads=torch_threads,
+        )
+
+
+# Kept for callers of the old name (the pool deployment of earlier versions).
+ClassifierPool = ModelPool
+
+
 # --------------------------------------------------------------------------- HTTP ingress
-
-
-class ClassifyRequest(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={"examples": [{"model": "student", "inputs": ["a fine film"]}]}
-    )
-    model: StrictStr = Field(description="Served model name (see GET /v1/models).")
-    inputs: list[StrictStr] = Field(
-        min_length=1,
-        description="Texts to classify (the server's limits: max_inputs per request, "
-        "max_chars per text; 413 beyond them).",
-    )
-
-
-class Prediction(BaseModel):
-    label: str
-    label_id: int
-    probs: dict[str, float]
-
-
-class ClassifyResponse(BaseModel):
-    model: str
-    results: list[Prediction]
 
 
 def _serve_unavailable() -> tuple[type[BaseException], ...]:
@@ -131,157 +216,39 @@ def _serve_unavailable() -> tuple[type[BaseException], ...]:
 _SERVE_UNAVAILABLE = _serve_unavailable()
 
 
-def _build_fastapi(ingress: StudentAPI):
-    """The FastAPI app of one ingress replica; routes close over its settings."""
-    from fastapi import Depends, FastAPI, HTTPException, Request
-    from fastapi.encoders import jsonable_encoder
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-    from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-
-    app = FastAPI(
-        title="raydistill students",
-        description="Distilled student classifiers served with Ray Serve.",
-        version="1",
-    )
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError):
-        errors = exc.errors()
-        bad_json = [e for e in errors if e.get("type") in ("json_invalid", "json_decode")]
-        if bad_json:
-            msg = bad_json[0].get("ctx", {}).get("error") or bad_json[0].get("msg")
-            return JSONResponse(
-                status_code=400,
-                content={"detail": f"malformed JSON body: {msg}"},
-            )
-        ctype = request.headers.get("content-type", "")
-        if "json" not in ctype and any(tuple(e.get("loc", ())) == ("body",) for e in errors):
-            # FastAPI only decodes JSON bodies sent with a JSON content type.
-            return JSONResponse(
-                status_code=400,
-                content={
-                    "detail": "malformed JSON body: send a JSON object with "
-                    f"Content-Type: application/json (got {ctype or 'no content type'!r})"
-                },
-            )
-        return JSONResponse(
-            status_code=422,
-            content={"detail": jsonable_encoder(errors)},
-        )
-
-    @app.middleware("http")
-    async def _body_limit(request: Request, call_next):
-        # Reject oversized bodies before they are parsed.
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > ingress.max_body_bytes:
-            return JSONResponse(
-                status_code=413,
-                content={
-                    "detail": f"request body of {length} bytes exceeds the limit of "
-                    f"{ingress.max_body_bytes} bytes (max_inputs={ingress.max_inputs}, "
-                    f"max_chars={ingress.max_chars})"
-                },
-            )
-        return await call_next(request)
-
-    bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
-
-    async def require_key(creds: HTTPAuthorizationCredentials | None = Depends(bearer)):
-        if ingress.api_key is None:
-            return
-        ok = (
-            creds is not None
-            and creds.scheme.lower() == "bearer"
-            and hmac.compare_digest(creds.credentials.encode(), ingress.api_key.encode())
-        )
-        if not ok:
-            raise HTTPException(
-                status_code=401,
-                detail="missing or invalid API key (send Authorization: Bearer <key>)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
-    protected = [Depends(require_key)]
-
-    @app.get("/healthz", tags=["ops"])
-    async def healthz():
-        return {"status": "ok", "models": ingress.model_names}
-
-    @app.get("/v1/models", dependencies=protected, tags=["classify"])
-    async def list_models():
-        labels = await ingress.labels()
-        return {
-            "models": [{"name": n, "labels": labels.get(n)} for n in ingress.model_names],
-            "shadow": {
-                "enabled": ingress.teacher is not None,
-                "fraction": ingress.stats.fraction,
-            },
-        }
-
-    @app.post(
-        "/v1/classify",
-        response_model=ClassifyResponse,
-        dependencies=protected,
-        tags=["classify"],
-        description=f"Classify up to {ingress.max_inputs} texts of at most "
-        f"{ingress.max_chars} characters each with the named model.",
-        responses={
-            400: {"description": "Malformed JSON body"},
-            401: {"description": "Missing or wrong API key"},
-            404: {"description": "Unknown model"},
-            413: {"description": "Too many inputs or an input too long"},
-            422: {"description": "Wrong types or missing fields"},
-        },
-    )
-    async def classify(req: ClassifyRequest):
-        ingress.check_request(req.model, req.inputs)
-        try:
-            results = await ingress.students.options(
-                multiplexed_model_id=req.model
-            ).classify.remote(req.inputs)
-        except _SERVE_UNAVAILABLE:
-            raise  # Serve answers these with 503 (overload / no replica yet)
-        except Exception as e:
-            logger.exception("classification failed for model %r", req.model)
-            raise HTTPException(
-                status_code=500,
-                detail=f"classification failed: {type(e).__name__}",
-            ) from e
-        ingress.maybe_shadow(req.model, req.inputs, results)
-        return {"model": req.model, "results": results}
-
-    @app.get("/v1/shadow", dependencies=protected, tags=["ops"])
-    async def shadow():
-        # pending: shadow requests sent to the teacher whose answers are not counted yet.
-        return {**ingress.stats.snapshot(), "pending": len(ingress._tasks)}
-
-    return app
-
-
-@serve.deployment(name="StudentAPI", ray_actor_options={"num_cpus": 0.1})
+@serve.deployment(name="StudentAPI")
 @serve.ingress()
-class StudentAPI:
-    """HTTP front door: validation, limits, auth, routing by model name, shadow traffic.
+class StudentAPI(_ModelHost):
+    """HTTP front door and model host: limits, auth, routing by model name and kind,
+    batched model calls, shadow traffic.
 
-    Shadow counts live in this replica (keep the ingress at one replica for exact
-    `GET /v1/shadow`); the Ray metrics aggregate across replicas either way.
+    Shadow counts and batch stats live in each replica (`GET /v1/shadow`, `GET /v1/stats`
+    answer for the replica that serves them); the Ray metrics aggregate across replicas.
     """
 
     def __init__(
         self,
-        students,
+        models: dict[str, str],
         teacher=None,
         *,
-        model_names: list[str],
         api_key: str | None = None,
         max_inputs: int = 64,
         max_chars: int = 2000,
         shadow_fraction: float = 0.0,
+        max_length: int = 128,
+        max_batch_size: int = 32,
+        batch_wait_timeout_s: float = 0.005,
+        torch_threads: int = 1,
     ):
-        self.students = students
+        self._setup_host(
+            models,
+            max_length=max_length,
+            max_batch_size=max_batch_size,
+            batch_wait_timeout_s=batch_wait_timeout_s,
+            torch_threads=torch_threads,
+        )
         self.teacher = teacher
-        self.model_names = list(model_names)
+        self.model_names = list(models)
         self.api_key = api_key or None
         self.max_inputs = int(max_inputs)
         self.max_chars = int(max_chars)
@@ -293,40 +260,97 @@ class StudentAPI:
         self.stats.fraction = fraction
         self._labels: dict[str, list[str] | None] | None = None
         self._tasks: set[asyncio.Task] = set()
+        try:
+            self.replica_id = serve.get_replica_context().replica_id.unique_id
+        except Exception:
+            self.replica_id = None
 
     def __serve_build_asgi_app__(self):
-        return _build_fastapi(self)
+        from .student_routes import build_fastapi
 
-    def check_request(self, model: str, inputs: list[str]) -> None:
+        return build_fastapi(self)
+
+    # ------------------------------------------------------------------ requests
+
+    def kind_of(self, model: str) -> str | None:
+        meta = self._meta.get(model)
+        return meta["kind"] if meta else None
+
+    def names_by_endpoint(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {"classify": [], "tag": [], "generate": []}
+        for name in self.model_names:
+            out[ENDPOINT_OF_KIND[self.kind_of(name)]].append(name)
+        return out
+
+    def describe_models(self) -> list[dict[str, Any]]:
+        if self._labels is None:
+            self._labels = self.describe()
+        out = []
+        for name in self.model_names:
+            meta = self._meta[name]
+            kind = meta["kind"]
+            row: dict[str, Any] = {
+                "name": name,
+                "kind": kind,
+                "endpoint": f"/v1/{ENDPOINT_OF_KIND[kind]}",
+                "labels": self._labels.get(name),
+                "task_kind": meta.get("task_kind"),
+            }
+            if kind in GENERATIVE:
+                fmt = str(meta.get("prompt_format") or "{text}")
+                row["prompt_format"] = fmt
+                row["fields"] = input_fields(fmt)
+                row["max_new_tokens"] = meta.get("max_new_tokens")
+            out.append(row)
+        return out
+
+    def check_request(self, endpoint: str, model: str, inputs: list[Any]) -> None:
+        """Raise the HTTP error for a request this replica will not run (404/413/422)."""
         from fastapi import HTTPException
 
-        if model not in self.model_names:
-            raise HTTPException(
-                status_code=404,
-                detail=f"unknown model {model!r}; served models: {', '.join(self.model_names)}",
-            )
+        from .student_routes import kind_error
+
+        kind = self.kind_of(model)
+        if kind is None or ENDPOINT_OF_KIND[kind] != endpoint:
+            raise kind_error(endpoint, model, kind, self.model_names)
         if len(inputs) > self.max_inputs:
             raise HTTPException(
                 status_code=413,
                 detail=f"{len(inputs)} inputs in one request; the limit is "
                 f"{self.max_inputs} inputs per request",
             )
-        for i, text in enumerate(inputs):
-            if len(text) > self.max_chars:
+        fmt = str(self._meta[model].get("prompt_format") or "{text}")
+        for i, item in enumerate(inputs):
+            n = _chars(item)
+            if n > self.max_chars:
                 raise HTTPException(
                     status_code=413,
-                    detail=f"inputs[{i}] has {len(text)} characters; the limit is "
+                    detail=f"inputs[{i}] has {n} characters; the limit is "
                     f"{self.max_chars} characters per input",
                 )
+            if endpoint == "classify":
+                continue  # an empty text is a valid (if uninformative) thing to classify
+            if isinstance(item, str):
+                if not item.strip():
+                    raise HTTPException(
+                        status_code=422, detail=f"inputs[{i}] is empty; send text to {endpoint}"
+                    )
+                if endpoint == "generate" and needs_object(fmt):
+                    raise HTTPException(
+                        status_code=422,
+                        detail=f"inputs[{i}] is a string, but model {model!r} has the prompt "
+                        f"format {fmt!r}: send an object with the fields {input_fields(fmt)}",
+                    )
+                continue
+            missing = [f for f in input_fields(fmt) if _blank(item.get(f))]
+            if missing:
+                raise HTTPException(
+                    status_code=422,
+                    detail=f"inputs[{i}] lacks non-empty field(s) {missing} of the prompt "
+                    f"format {fmt!r} of model {model!r}",
+                )
 
-    async def labels(self) -> dict[str, list[str] | None]:
-        if self._labels is None:
-            try:
-                self._labels = await self.students.describe.remote()
-            except Exception:
-                logger.exception("could not read label names")
-                return {}
-        return self._labels
+    # ------------------------------------------------------------------ shadow
 
     def maybe_shadow(self, model: str, texts: list[str], student: list[dict]) -> None:
         if self.teacher is None or not self.sampler.take():
@@ -337,8 +361,8 @@ class StudentAPI:
 
     async def _shadow(self, model: str, texts: list[str], student: list[dict]) -> None:
         try:
-            teacher = await self.teacher.options(multiplexed_model_id=TEACHER_ID).classify.remote(
-                texts
+            teacher = await self.teacher.options(multiplexed_model_id=TEACHER_ID).run.remote(
+                TEACHER_ID, texts
             )
             same_names = bool(student) and set(student[0]["probs"]) == set(teacher[0]["probs"])
             agreed = sum(
@@ -348,6 +372,26 @@ class StudentAPI:
         except Exception:
             logger.exception("shadow scoring by the teacher failed")
             self.stats.record_error(model)
+
+
+def _chars(item: Any) -> int:
+    """Characters of an input: a string, a list of strings, or an object of those."""
+    if isinstance(item, str):
+        return len(item)
+    if isinstance(item, list):
+        return sum(_chars(v) for v in item)
+    if isinstance(item, dict):
+        return sum(_chars(v) for v in item.values())
+    return 0
+
+
+def _blank(value: Any) -> bool:
+    """A missing field, an empty or whitespace string, or a list of only such strings."""
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, list):
+        return all(_blank(v) for v in value)
+    return True
 
 
 # --------------------------------------------------------------------------- builders
@@ -370,17 +414,24 @@ def build_student_app(
     min_replicas: int = 1,
     max_replicas: int = 1,
     max_batch_size: int = 32,
-    batch_wait_timeout_s: float = 0.01,
-    target_ongoing_requests: float = 4.0,
+    batch_wait_timeout_s: float = 0.005,
+    target_ongoing_requests: float = 8.0,
+    max_ongoing_requests: int | None = None,
+    upscale_delay_s: float | None = None,
+    downscale_delay_s: float | None = None,
     max_length: int = 128,
     num_cpus_per_replica: float = 1.0,
     num_gpus_per_replica: float = 0.0,
 ):
     """A Serve Application serving `models` ({name: folder or registry name}).
 
-    The pool deployment autoscales between `min_replicas` and `max_replicas` aiming at
-    `target_ongoing_requests` per replica. With `teacher` set and `shadow_fraction` > 0,
-    that fraction of requests is also scored by the teacher in the background.
+    The StudentAPI deployment (ingress + models) autoscales between `min_replicas` and
+    `max_replicas` aiming at `target_ongoing_requests` per replica (Serve's default
+    up/downscale delays unless given). `max_ongoing_requests` (default: 4 × max_batch_size,
+    at least 64) must exceed the concurrency one replica should batch over: below it, the
+    proxy holds requests back and retries them with back-off instead of letting them
+    join a batch. With `teacher` set and `shadow_fraction` > 0, that fraction of classify
+    requests is also scored by the teacher in the background.
     """
     if not isinstance(models, Mapping) or not models:
         raise ValueError("models must be a non-empty {name: checkpoint folder} mapping")
@@ -398,42 +449,53 @@ def build_student_app(
             f"need 0 <= min_replicas <= max_replicas and max_replicas >= 1, "
             f"got {min_replicas}..{max_replicas}"
         )
+    if int(max_batch_size) < 1 or float(batch_wait_timeout_s) < 0:
+        raise ValueError("need max_batch_size >= 1 and batch_wait_timeout_s >= 0")
+    ongoing = int(max_ongoing_requests or max(64, 4 * int(max_batch_size)))
+    if ongoing < int(max_batch_size):
+        raise ValueError(f"max_ongoing_requests={ongoing} is below max_batch_size")
 
     paths = {str(n): _resolve(p) for n, p in models.items()}
+    autoscaling: dict[str, Any] = {
+        "min_replicas": int(min_replicas),
+        "max_replicas": int(max_replicas),
+        "target_ongoing_requests": float(target_ongoing_requests),
+    }
+    if upscale_delay_s is not None:
+        autoscaling["upscale_delay_s"] = float(upscale_delay_s)
+    if downscale_delay_s is not None:
+        autoscaling["downscale_delay_s"] = float(downscale_delay_s)
+    actor_options = {
+        "num_cpus": float(num_cpus_per_replica),
+        "num_gpus": float(num_gpus_per_replica),
+    }
+    host = dict(
+        max_length=max_length,
+        max_batch_size=max_batch_size,
+        batch_wait_timeout_s=batch_wait_timeout_s,
+        torch_threads=max(1, round(float(num_cpus_per_replica))),
+    )
 
-    def pool(name: str, checkpoints: dict[str, str]):
-        return ClassifierPool.options(
-            name=name,
-            autoscaling_config={
-                "min_replicas": int(min_replicas),
-                "max_replicas": int(max_replicas),
-                "target_ongoing_requests": float(target_ongoing_requests),
-            },
-            # Enough in-flight requests per replica for batches to fill up.
-            max_ongoing_requests=max(int(max_batch_size), 2 * int(target_ongoing_requests)),
-            ray_actor_options={
-                "num_cpus": float(num_cpus_per_replica),
-                "num_gpus": float(num_gpus_per_replica),
-            },
-        ).bind(
-            checkpoints,
-            max_length=max_length,
-            max_batch_size=max_batch_size,
-            batch_wait_timeout_s=batch_wait_timeout_s,
-        )
-
-    students = pool("ClassifierPool", paths)
     shadow_teacher = None
     if teacher and shadow_fraction > 0:
-        shadow_teacher = pool("ShadowTeacher", {TEACHER_ID: _resolve(teacher)})
-    return StudentAPI.bind(
-        students,
+        shadow_teacher = ModelPool.options(
+            name="ShadowTeacher",
+            autoscaling_config=dict(autoscaling),
+            max_ongoing_requests=ongoing,
+            ray_actor_options=dict(actor_options),
+        ).bind({TEACHER_ID: _resolve(teacher)}, **host)
+    return StudentAPI.options(
+        autoscaling_config=autoscaling,
+        max_ongoing_requests=ongoing,
+        ray_actor_options=actor_options,
+    ).bind(
+        paths,
         shadow_teacher,
-        model_names=list(paths),
         api_key=api_key,
         max_inputs=max_inputs,
         max_chars=max_chars,
         shadow_fraction=shadow_fraction,
+        **host,
     )
 
 
@@ -515,6 +577,9 @@ def app_from_env(args: dict[str, Any] | None = None):
         "max_length": int,
         "batch_wait_timeout_s": float,
         "target_ongoing_requests": float,
+        "max_ongoing_requests": int,
+        "upscale_delay_s": float,
+        "downscale_delay_s": float,
         "num_cpus_per_replica": float,
         "num_gpus_per_replica": float,
     }

@@ -1,7 +1,10 @@
-"""A distilled student as a plain Python object: load an HF classifier folder, label texts.
+"""A distilled sequence classifier as a plain Python object: load a folder, label texts.
 
 No Ray here, so the logic is unit-testable and reusable in batch jobs; the Serve app
-(`student_app`) wraps it at the edge.
+(`student_app`) wraps it at the edge. The forward pass (tokenize, pad-token handling, no
+grad) is `raydistill.training.classifier.Classifier`'s, the one the teacher runs during
+training, so serving and training cannot drift apart; this class only adds label names
+and probabilities.
 """
 
 from __future__ import annotations
@@ -9,14 +12,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+KIND = "sequence_classification"
+
 
 class StudentClassifier:
     """An HF sequence classifier folder, ready to label texts.
 
     `classify(texts)` returns, per text, `{"label", "label_id", "probs": {label: p}}` with
     label names from `config.id2label`. Texts are truncated to `max_length` tokens and
-    processed `batch_size` at a time in eval mode under `torch.no_grad()`.
+    processed `batch_size` at a time in eval mode under `torch.no_grad()`; all texts of
+    one call are tokenized together, so a served batch costs one tokenizer call per chunk.
     """
+
+    kind = KIND
 
     def __init__(
         self,
@@ -27,57 +35,57 @@ class StudentClassifier:
         device: str | None = None,
     ):
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from raydistill.training.pooled_classifier import register
+        from raydistill.training.classifier import Classifier
 
-        register()  # mean-pooled students load without trust_remote_code
-        self.model_dir = str(model_dir)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.batch_size = int(batch_size)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.model_dir)
-        if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
-            # Decoder-style classifiers (GPT/Llama heads) ship without a pad token.
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.model.to(self.device).eval()
-        cfg = self.model.config
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        clf = Classifier(model_dir, max_length=max_length, batch_size=batch_size, device=device)
+        cfg = clf.model.config
         limit = getattr(cfg, "max_position_embeddings", None) or max_length
-        self.max_length = int(min(max_length, limit))
-        id2label = {int(k): str(v) for k, v in (cfg.id2label or {}).items()}
-        self.labels = [id2label.get(i, f"LABEL_{i}") for i in range(cfg.num_labels)]
+        clf.max_length = int(min(max_length, limit))
+        self._clf = clf
+        self.labels = _label_names(cfg)
+
+    # The wrapped classifier's parts, under the names callers have used.
+    model_dir = property(lambda self: self._clf.model_dir)
+    tokenizer = property(lambda self: self._clf.tokenizer)
+    model = property(lambda self: self._clf.model)
+    device = property(lambda self: self._clf.device)
+    max_length = property(lambda self: self._clf.max_length)
+    batch_size = property(lambda self: self._clf.batch_size)
 
     def classify(self, texts: Sequence[str]) -> list[dict[str, Any]]:
-        import torch
+        from raydistill.training.classifier import softmax
 
         if isinstance(texts, str):
             raise TypeError("classify() takes a list of strings, not a single string")
         texts = list(texts)
+        if not texts:
+            return []
+        probs = softmax(self._clf.logits(texts)).tolist()
+        labels = self.labels
         out: list[dict[str, Any]] = []
-        with torch.no_grad():
-            for start in range(0, len(texts), self.batch_size):
-                chunk = texts[start : start + self.batch_size]
-                enc = self.tokenizer(
-                    chunk,
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                ).to(self.device)
-                probs = self.model(**enc).logits.float().softmax(dim=-1).cpu()
-                for row in probs.tolist():
-                    best = max(range(len(row)), key=row.__getitem__)
-                    out.append(
-                        {
-                            "label": self.labels[best],
-                            "label_id": best,
-                            "probs": {
-                                lab: float(p) for lab, p in zip(self.labels, row, strict=True)
-                            },
-                        }
-                    )
+        for row in probs:
+            best = max(range(len(row)), key=row.__getitem__)
+            out.append(
+                {
+                    "label": labels[best],
+                    "label_id": best,
+                    "probs": dict(zip(labels, row, strict=True)),
+                }
+            )
         return out
+
+    # The kind-independent entry point the Serve app batches through.
+    run = classify
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "labels": list(self.labels)}
+
+
+def _label_names(cfg) -> list[str]:
+    id2label = {int(k): str(v) for k, v in (cfg.id2label or {}).items()}
+    return [id2label.get(i, f"LABEL_{i}") for i in range(cfg.num_labels)]
 
 
 def read_labels(model_dir: str) -> list[str]:
@@ -87,6 +95,4 @@ def read_labels(model_dir: str) -> list[str]:
     from raydistill.training.pooled_classifier import register
 
     register()
-    cfg = AutoConfig.from_pretrained(model_dir)
-    id2label = {int(k): str(v) for k, v in (cfg.id2label or {}).items()}
-    return [id2label.get(i, f"LABEL_{i}") for i in range(cfg.num_labels)]
+    return _label_names(AutoConfig.from_pretrained(model_dir))

@@ -397,7 +397,13 @@ CPU_ENGINE_DEFAULTS: dict[str, Any] = {
 # one core per engine out of its OpenMP thread binding "for other processes"; on a 2-core
 # machine that halves generation (measured: 78 → see benchmarks/results/throughput.md).
 # Ray already schedules the replica's CPUs, so the engine may use every core it sees.
-CPU_ENV_DEFAULTS: dict[str, str] = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+CPU_ENV_DEFAULTS: dict[str, str] = {
+    "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+    # One engine step over a full batch on a shared, oversubscribed CPU node can pass
+    # vLLM's 300 s default; the engine then dies ("RPC call to execute_model timed out",
+    # seen at load average 47 on 2 cores) and every later request fails with HTTP 500.
+    "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "1800",
+}
 
 
 class VLLMPool(_ServePool):

@@ -1,4 +1,7 @@
-"""The student app on a real Ray cluster + Serve HTTP proxy (two tiny random BERTs)."""
+"""The student app on a real Ray cluster + Serve HTTP proxy (two tiny random BERTs).
+
+Other student kinds (tagging, generation) behind the same app: test_student_kinds_serving.py.
+"""
 
 from __future__ import annotations
 
@@ -151,12 +154,14 @@ def test_builder_validation(checkpoints, monkeypatch):
         build_student_app(checkpoints, teacher=checkpoints["small"], shadow_fraction=2.0)
     with pytest.raises(ValueError):
         build_student_app(checkpoints, min_replicas=3, max_replicas=2)
+    with pytest.raises(ValueError, match="max_ongoing_requests"):
+        build_student_app(checkpoints, max_batch_size=32, max_ongoing_requests=8)
     assert _parse_models("a=/x, b=/y") == {"a": "/x", "b": "/y"}
     assert _parse_models('{"a": "/x"}') == {"a": "/x"}
     # The Serve-config builder: models from args or the environment, key from the env.
     monkeypatch.setenv("RAYDISTILL_STUDENT_MODELS", f"small={checkpoints['small']}")
     monkeypatch.setenv("RAYDISTILL_API_KEY", "k")
-    assert app_from_env({"max_inputs": "8", "max_replicas": 2}) is not None
+    assert app_from_env({"max_inputs": "8", "max_replicas": 2, "upscale_delay_s": "3"}) is not None
     assert app_from_env({"models": checkpoints}) is not None
     with pytest.raises(ValueError, match="API key"):
         app_from_env({"api_key": "inline-secret"})
@@ -176,6 +181,10 @@ def test_healthz_and_docs_open(server):
     assert bare.get("/docs").status_code == 200
     spec = bare.get("/openapi.json").json()
     assert "/v1/classify" in spec["paths"]
+    # The schema names the served models, so fuzzers reach the handler.
+    req = spec["components"]["schemas"]["ClassifyRequest"]["properties"]
+    assert req["model"]["enum"] == ["small", "wide"]
+    assert req["inputs"]["items"]["maxLength"] == MAX_CHARS
 
 
 def test_models(server):
@@ -183,6 +192,10 @@ def test_models(server):
     names = [m["name"] for m in body["models"]]
     assert names == ["small", "wide"]
     assert all(m["labels"] == ["negative", "positive"] for m in body["models"])
+    # Folders without raydistill_student.json are sequence classifiers.
+    assert {(m["kind"], m["endpoint"]) for m in body["models"]} == {
+        ("sequence_classification", "/v1/classify")
+    }
     assert body["shadow"] == {"enabled": True, "fraction": 1.0}
 
 
@@ -210,9 +223,15 @@ def test_concurrent_requests_are_batched_correctly(server, direct):
         assert r.status_code == 200, r.text
         return name, inputs, r.json()["results"]
 
+    before = server.get("/v1/stats").json()["batches"]
     with ThreadPoolExecutor(8) as pool:
         for name, inputs, results in pool.map(call, jobs):
             _assert_close(results, direct[name].classify(inputs))
+    after = server.get("/v1/stats").json()["batches"]
+    # Each model's inputs went through its own batched calls (batches are split per model).
+    for name in ("small", "wide"):
+        items = after[name]["items"] - before.get(name, {}).get("items", 0)
+        assert items == 16 and after[name]["max_size"] >= 2
 
 
 def test_errors_and_app_stays_up(server):

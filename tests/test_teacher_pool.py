@@ -123,10 +123,16 @@ def test_vllm_llm_config_on_cpu_and_gpu():
     auto = cpu["deployment_config"]["autoscaling_config"]
     assert (auto["min_replicas"], auto["max_replicas"]) == (1, 3)
     # vLLM would keep a core out of its thread binding; the replica may use all it sees.
-    assert cpu["runtime_env"] == {"env_vars": {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}}
+    assert cpu["runtime_env"] == {
+        "env_vars": {
+            "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+            "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "1800",
+        }
+    }
     own = VLLMPool(PoolConfig(env_vars={"VLLM_CPU_NUM_OF_RESERVED_CPU": 1, "X": "y"}))
     assert own.llm_config_kwargs("/m")["runtime_env"]["env_vars"] == {
         "VLLM_CPU_NUM_OF_RESERVED_CPU": "1",
+        "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "1800",
         "X": "y",
     }
     gpu = VLLMPool(

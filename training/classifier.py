@@ -20,16 +20,29 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class Classifier:
-    def __init__(self, model_dir: str | Path, max_length: int = 64, batch_size: int = 64):
+    """One HF sequence-classifier folder; the serving `StudentClassifier` wraps this too."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        max_length: int = 64,
+        batch_size: int = 64,
+        device: str | None = None,
+    ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from raydistill.training.pooled_classifier import register
 
         register()  # mean-pooled checkpoints load without trust_remote_code
         self.model_dir = str(model_dir)
+        self.device = device or "cpu"
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.model = AutoModelForSequenceClassification.from_pretrained(self.model_dir)
-        self.model.eval()
+        if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
+            # Decoder-style classifiers (GPT/Llama heads) ship without a pad token.
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model.to(self.device).eval()
         self.max_length = max_length
         self.batch_size = batch_size
         self.forward_calls = 0  # counted so benchmarks can show what caching saves
@@ -46,7 +59,7 @@ class Classifier:
             max_length=self.max_length,
             padding=True,
             return_tensors="pt",
-        )
+        ).to(self.device)
         self.forward_calls += len(texts)
         out = self.model(**enc, output_hidden_states=hidden)
         return out, enc["attention_mask"]
@@ -55,7 +68,7 @@ class Classifier:
         chunks = []
         for i in range(0, len(texts), self.batch_size):
             out, _ = self._forward(texts[i : i + self.batch_size], hidden=False)
-            chunks.append(out.logits.float().numpy())
+            chunks.append(out.logits.float().cpu().numpy())
         return np.concatenate(chunks) if chunks else np.zeros((0, self.num_labels), np.float32)
 
     def logits_and_hidden(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -63,9 +76,9 @@ class Classifier:
         logits, hidden = [], []
         for i in range(0, len(texts), self.batch_size):
             out, mask = self._forward(texts[i : i + self.batch_size], hidden=True)
-            logits.append(out.logits.float().numpy())
+            logits.append(out.logits.float().cpu().numpy())
             pooled = torch.stack([mean_pool(h, mask) for h in out.hidden_states], dim=1)
-            hidden.append(pooled.float().numpy())
+            hidden.append(pooled.float().cpu().numpy())
         return np.concatenate(logits), np.concatenate(hidden)
 
 

@@ -5,10 +5,17 @@ teacher): few-shot students train in seconds, so starting a worker group per stu
 would cost more than the training. Every job is data-parallel over all workers through
 `deepspeed.initialize` (ZeRO stage from config; gloo on CPU, NCCL on GPU), selects its best
 epoch on the dev split, evaluates on the test split and reports one HF checkpoint.
+
+Sequence classifiers (`kind="sequence_classification"`, CE + KD + LWD) keep their own
+tuned path; every other student kind (training/student_kinds.py) goes through one generic
+path with the same sharding, DeepSpeed config, dev selection and report. Under ZeRO-3 the
+trained parameters are partitioned across ranks, so evaluation and saving use an
+unpartitioned copy refreshed from the gathered parameters (`_EvalCopy`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -57,6 +64,14 @@ class TrainJob:
     zero_stage: int = 2
     seed: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    # The student kind (training/student_kinds.py) and the task kind its rows have; for
+    # generative kinds the mcqa target mode, the generation cap and the prompt template
+    # (None = the kind's default for the task kind). `student_kinds.job_fields` fills them.
+    kind: str = "sequence_classification"
+    task_kind: str = "classification"
+    mode: str = "answer"
+    max_new_tokens: int = 32
+    prompt_format: str | None = None
 
 
 def _get(x: Any) -> Any:
@@ -141,6 +156,46 @@ class _Batcher:
         return ids, mask
 
 
+class _EvalCopy:
+    """The module to evaluate and save: the trained one, or under ZeRO-3 a copy of it.
+
+    ZeRO-3 leaves each rank only its shard of every parameter, so the trained module's
+    `state_dict()` is empty and a forward pass needs all ranks in lockstep (sharded
+    evaluation and generation would hang on uneven shards). The copy is made before
+    `deepspeed.initialize` partitions the module, and `refresh()` — a collective every rank
+    calls at the same step — loads the gathered parameters into it.
+    """
+
+    def __init__(self, module: torch.nn.Module, zero_stage: int):
+        self.module = module
+        self.copy = copy.deepcopy(module) if zero_stage == 3 else None
+
+    def to(self, device) -> None:
+        if self.copy is not None:
+            self.copy.to(device)
+
+    def refresh(self) -> torch.nn.Module:
+        if self.copy is None:
+            return self.module
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
+            self.copy.load_state_dict(self.module.state_dict())
+        return self.copy
+
+
+def _equal_shard(rows: list, rng: np.random.Generator, rank: int, world: int) -> list:
+    """This rank's rows; equal shards (the remainder dropped) so ranks take equal steps."""
+    order = rng.permutation(len(rows))
+    n_eff = len(order) - (len(order) % world) if len(order) >= world else len(order)
+    return [rows[i] for i in order[:n_eff][rank::world]] or [rows[order[0]]]
+
+
+def _write_student_info(ckpt_dir: str, info: dict[str, Any]) -> None:
+    with open(os.path.join(ckpt_dir, "raydistill_student.json"), "w") as f:
+        json.dump(info, f, indent=1)
+
+
 def param_groups(student: DistillStudent, lr: float, head_lr: float | None) -> list[dict]:
     """The pretrained body at `lr`, the new parts (label head, LWD projection) at `head_lr`.
 
@@ -162,6 +217,8 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
     from raydistill.training.deepspeed_ops import use_prefix_extensions_dir
 
     use_prefix_extensions_dir()  # before deepspeed builds its CPU comm op
+    if job.kind != "sequence_classification":
+        return _run_kind_job(job, rank, world, report)
     import deepspeed
     from transformers import AutoTokenizer
 
@@ -188,20 +245,21 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
         raise ValueError(f"job {job.name}: beta>0 needs teacher_width and teacher_layers")
     # Equal shards (drop the remainder) so every rank takes the same number of steps.
     rng = np.random.default_rng(job.seed)
-    order = rng.permutation(len(train_rows))
-    n_eff = len(order) - (len(order) % world) if len(order) >= world else len(order)
-    shard = [train_rows[i] for i in order[:n_eff][rank::world]] or [train_rows[order[0]]]
+    shard = _equal_shard(train_rows, rng, rank, world)
     data = _Batcher(tokenizer, shard, job.max_length)
     micro = len(data) if job.batch_size is None else min(job.batch_size, len(data))
     steps_per_epoch = max(1, len(data) // micro)
     optim = torch.optim.AdamW(
         param_groups(student, job.lr, job.head_lr), weight_decay=job.weight_decay
     )
+    evaluated = _EvalCopy(student, job.zero_stage)  # `student` itself below ZeRO-3
     engine, _, _, _ = deepspeed.initialize(
         model=student,
         optimizer=optim,
         config=deepspeed_config(job, micro, world, on_gpu=torch.cuda.is_available()),
     )
+    evaluated.to(engine.device)
+    live = student
     layer_idx = torch.tensor(student.layer_map) if (lwd and student.layer_map) else None
     total_steps = max(1, int(round(job.epochs * steps_per_epoch)))
     eval_steps = job.eval_every * steps_per_epoch if job.eval_every else total_steps
@@ -250,17 +308,18 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
                 flush=True,
             )
         if step % eval_steps == 0 or step == total_steps:
-            m = dev_eval(student.model)
+            live = evaluated.refresh()
+            m = dev_eval(live.model)
             history.append({"step": step, "dev_accuracy": m["accuracy"], **last_parts})
             if m["accuracy"] > best[0]:
                 best = (
                     m["accuracy"],
                     step,
-                    {k: v.detach().cpu().clone() for k, v in student.model.state_dict().items()},
+                    {k: v.detach().cpu().clone() for k, v in live.model.state_dict().items()},
                 )
     if best[2] is not None:
-        student.model.load_state_dict(best[2])
-    metrics = Evaluator(tokenizer, test_rows, pairs, job.max_length, rank, world)(student.model)
+        live.model.load_state_dict(best[2])
+    metrics = Evaluator(tokenizer, test_rows, pairs, job.max_length, rank, world)(live.model)
     metrics.update(
         {
             "job": job.name,
@@ -277,7 +336,131 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
     ckpt_dir = None
     if rank == 0:
         ckpt_dir = tempfile.mkdtemp(prefix=f"rd-{job.name.replace('/', '_')}-")
-        student.save(ckpt_dir, tokenizer)
+        live.save(ckpt_dir, tokenizer)
+        _write_student_info(
+            ckpt_dir,
+            {
+                "kind": job.kind,
+                "task_kind": job.task_kind,
+                "label_names": list(job.label_names),
+                "max_length": job.max_length,
+            },
+        )
+    report(metrics, ckpt_dir, history)
+    return metrics
+
+
+def _run_kind_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
+    """`run_job` for every kind but sequence classification, through `StudentKind`.
+
+    Same contract as the classifier path: equal shards, `deepspeed.initialize` with the
+    job's config, dev selection every `eval_every` epochs on the kind's "score" (reported
+    as `dev_accuracy` too, which Tune and the ledger read), test metrics of the best step,
+    one `report(metrics, ckpt_dir, history)`. Dev and test predictions are made on strided
+    shards of the rows and gathered, so every rank scores the same predictions.
+    """
+    import deepspeed
+
+    from raydistill.training.student_kinds import (
+        kind_for_job,
+        kind_param_groups,
+        predict_sharded,
+    )
+
+    t0 = time.perf_counter()
+    torch.manual_seed(job.seed)
+    np.random.seed(job.seed)
+    train_rows, dev_rows, test_rows = _get(job.train_rows), _get(job.dev_rows), _get(job.test_rows)
+    kind = kind_for_job(job)
+    tokenizer = kind.tokenizer(job.backbone)
+    model = kind.build(job)
+    rng = np.random.default_rng(job.seed)
+    data = kind.encode(tokenizer, _equal_shard(train_rows, rng, rank, world), job.max_length)
+    # Rows can make different numbers of examples (mcqa multitask: a row without an
+    # explanation makes one), and every rank must take the same number of steps. Each rank
+    # counts every rank's shard itself (same seed, same shards): no collective before
+    # DeepSpeed has set this rank's device.
+    n = min(
+        kind.count_examples(_equal_shard(train_rows, np.random.default_rng(job.seed), r, world))
+        for r in range(world)
+    )
+    data = {k: v[:n] for k, v in data.items()}
+    micro = n if job.batch_size is None else min(job.batch_size, n)
+    steps_per_epoch = max(1, n // micro)
+    optim = torch.optim.AdamW(
+        kind_param_groups(model, job.lr, job.head_lr), weight_decay=job.weight_decay
+    )
+    evaluated = _EvalCopy(model, job.zero_stage)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optim,
+        config=deepspeed_config(job, micro, world, on_gpu=torch.cuda.is_available()),
+    )
+    evaluated.to(engine.device)
+    total_steps = max(1, int(round(job.epochs * steps_per_epoch)))
+    eval_steps = job.eval_every * steps_per_epoch if job.eval_every else total_steps
+    best: tuple[float, int, dict[str, torch.Tensor] | None] = (-1.0, 0, None)
+    history: list[dict[str, float]] = []
+    last_parts: dict[str, float] = {}
+    step_s = 0.0
+    live = model
+    engine.train()
+    for step in range(1, total_steps + 1):
+        ts = time.perf_counter()
+        i = (step - 1) % steps_per_epoch
+        if i == 0 and job.batch_size is not None:
+            perm = torch.from_numpy(rng.permutation(n))
+        idx = perm[i * micro : (i + 1) * micro] if job.batch_size is not None else torch.arange(n)
+        batch = {k: v.to(engine.device) for k, v in kind.batch(data, idx).items()}
+        loss, last_parts = kind.loss(engine, batch)
+        engine.backward(loss)
+        engine.step()
+        step_s += time.perf_counter() - ts
+        if rank == 0 and step % max(1, total_steps // 10) == 0:
+            set_gauge(TRAIN_LOSS, last_parts["loss"], job=job.name)
+        if rank == 0 and total_steps >= 50 and step % max(1, total_steps // 10) == 0:
+            el = time.perf_counter() - t0
+            print(
+                f"[{job.name}] step {step}/{total_steps} loss {last_parts['loss']:.4f} "
+                f"{el:.0f}s elapsed, ~{el / step * (total_steps - step):.0f}s left",
+                flush=True,
+            )
+        if step % eval_steps == 0 or step == total_steps:
+            live = evaluated.refresh()
+            m = kind.metrics(
+                predict_sharded(kind, live, tokenizer, dev_rows, rank, world), dev_rows
+            )
+            history.append(
+                {"step": step, "dev_accuracy": m["score"], "dev_score": m["score"], **last_parts}
+            )
+            if m["score"] > best[0]:
+                sd = {k: v.detach().cpu().clone() for k, v in live.state_dict().items()}
+                best = (m["score"], step, sd)
+    if best[2] is not None:
+        live.load_state_dict(best[2])
+    metrics: dict[str, Any] = kind.metrics(
+        predict_sharded(kind, live, tokenizer, test_rows, rank, world), test_rows
+    )
+    metrics.update(
+        {
+            "job": job.name,
+            "kind": job.kind,
+            "dev_accuracy": best[0],
+            "dev_score": best[0],
+            "best_step": best[1],
+            "train_rows": len(train_rows),
+            "train_examples": n * world,
+            "train_s": round(time.perf_counter() - t0, 2),
+            "step_s": round(step_s, 3),
+            "steps": total_steps,
+            "final_loss": last_parts.get("loss", float("nan")),
+            **{f"meta_{k}": v for k, v in job.meta.items()},
+        }
+    )
+    ckpt_dir = None
+    if rank == 0:
+        ckpt_dir = tempfile.mkdtemp(prefix=f"rd-{job.name.replace('/', '_')}-")
+        kind.save(live, ckpt_dir, tokenizer)
     report(metrics, ckpt_dir, history)
     return metrics
 

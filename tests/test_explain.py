@@ -1,0 +1,107 @@
+"""Explanation distillation: arms, the rows each arm trains on, and the whole method on Ray.
+
+The e2e test runs the teacher's chain through a scripted OpenAI-compatible server (the
+cached request layer, real HTTP) and trains tiny causal-LM students on 2 Ray Train workers
+with DeepSpeed; a rerun sends no request and trains nothing.
+"""
+
+import json
+
+import pytest
+
+from raydistill.config import ConfigError
+from raydistill.methods.explain import Prepared, parse_arm, student_rows
+
+ROW = {
+    "id": "q1",
+    "text": "Where do you keep a clean plate?",
+    "question": "Where do you keep a clean plate?",
+    "choices": ["cupboard", "oven", "garden"],
+    "answer": 0,
+    "explanation": "clean plates are stored in cupboards",
+}
+
+
+def test_arms_parse_and_bad_ones_name_themselves():
+    assert parse_arm("answer") == ("answer", "human")
+    assert parse_arm("multitask:revised") == ("multitask", "revised")
+    assert parse_arm("multitask+cf:original") == ("multitask+cf", "original")
+    for bad in ["mt:human", "multitask:teacher", "answer:revised"]:
+        with pytest.raises(ConfigError, match=bad.split(":")[0]):
+            parse_arm(bad)
+
+
+def test_student_rows_take_the_arms_explanation_source():
+    chain = {
+        "q1": {
+            "original": "you keep plates in a cupboard",
+            "revised": "plates go in a cupboard, not an oven or a garden",
+            "cf_answer": 1,
+            "cf_explanation": "an oven is where plates are warmed",
+        }
+    }
+    prep = Prepared(spec=None, rows={"q1": ROW}, dev=[], test=[], plan={}, chain=chain)
+    assert student_rows(prep, ["q1"], "answer", "human")[0]["explanation"] == ""
+    assert student_rows(prep, ["q1"], "multitask", "human")[0]["explanation"] == ROW["explanation"]
+    assert (
+        student_rows(prep, ["q1"], "multitask", "revised")[0]["explanation"]
+        == chain["q1"]["revised"]
+    )
+    rows = student_rows(prep, ["q1"], "multitask+cf", "original")
+    assert len(rows) == 2 and rows[0]["explanation"] == chain["q1"]["original"]
+    cf = rows[1]
+    assert cf["counterfactual"] and cf["answer"] == 1 and "oven" in cf["question"]
+    assert cf["explanation"] == chain["q1"]["cf_explanation"]
+
+
+def _chain_answers(payload):
+    from scripted_llm import completion, last_user_message
+
+    msg = last_user_message(payload)
+    if msg.startswith("Critique this"):
+        flaw = sum(map(ord, json.dumps(payload))) % 2 == 0  # some flawed, some not
+        return 200, completion([json.dumps({"flaw": flaw, "critique": "Say why not the others."})])
+    if msg.startswith("Rewrite"):
+        return 200, completion(["It is the usual place, unlike the others."])
+    return 200, completion(["It is the usual place for that."])
+
+
+@pytest.mark.ray
+def test_explain_end_to_end_and_resume(ray_session, data_dir, tmp_path):
+    from scripted_llm import ScriptedLLM
+    from transformers import AutoModelForCausalLM
+
+    from raydistill.config import load_config
+    from raydistill.methods.explain import run
+
+    with ScriptedLLM(_chain_answers) as llm:
+        cfg = load_config(
+            "recipes/smoke-explain.yaml",
+            [
+                f"out_dir={tmp_path / 'out'}",
+                f"cache_dir={tmp_path / 'cache'}",
+                "pool.backend=openai",
+                f"pool.url={llm.base_url}",
+                "pool.model=scripted",
+            ],
+        )
+        report = run(cfg)
+        sent = llm.count
+        c = report["chain"]
+        assert c["questions"] == 16 and c["explained"] == 16 and c["critiqued"] == 16
+        assert 0 < c["flawed"] < 16 and c["revised"] == c["flawed"]
+        assert c["length_ratio_revised"] is not None and c["length_ratio_revised"] <= 1.5
+        arms = {r["arm"] for r in report["results"]}
+        assert arms == set(cfg.experiment.arms)
+        by_arm = {r["arm"]: r for r in report["results"]}
+        # cf rows are added: 16 questions + one counterfactual row each.
+        assert by_arm["multitask+cf:original"]["train_rows"] == 32
+        assert by_arm["answer"]["train_rows"] == 16
+        for r in report["results"]:
+            assert 0.0 <= r["accuracy"] <= 1.0
+        assert by_arm["multitask:human"]["explanation_rougeL"] is not None
+        ckpt = json.loads((tmp_path / "out" / "results.jsonl").read_text().splitlines()[0])
+        AutoModelForCausalLM.from_pretrained(ckpt["checkpoint"])
+        again = run(cfg)
+        assert llm.count == sent, "a rerun sent LLM requests again"
+        assert "train" not in again["timings"]
