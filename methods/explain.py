@@ -385,17 +385,9 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
-    from raydistill.cluster.runtime import check_storage, ensure_ray
-    from raydistill.config import dump_config
 
-    t0 = time.perf_counter()
-    validate(cfg)
-    info = ensure_ray(cfg.cluster)
-    info["storage_warnings"] = check_storage(cfg)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
-    sw = Stopwatch()
+    start = stages.start_run(cfg, validate)
+    info, out, sw, t0 = start.info, start.out, start.sw, start.t0
     prep = prepare(cfg, sw)
     results = train(cfg, prep, sw)
     sw.t["total"] = round(time.perf_counter() - t0, 2)

@@ -25,6 +25,34 @@ from raydistill.timing import Stopwatch
 Row = dict[str, Any]
 
 
+@dataclass
+class RunStart:
+    """What every method's `run` starts from: the cluster, the run folder, a stopwatch."""
+
+    info: dict[str, Any]  # cluster description (+ storage warnings) for the report
+    out: Path
+    sw: Stopwatch
+    t0: float
+
+
+def start_run(cfg: RunConfig, validate: Callable[[RunConfig], None]) -> RunStart:
+    """Validate, join or start Ray, check storage, create the run folder, save the config.
+
+    Validation comes first, so a bad recipe fails before any cluster work.
+    """
+    from raydistill.cluster.runtime import check_storage, ensure_ray
+    from raydistill.config import dump_config
+
+    t0 = time.perf_counter()
+    validate(cfg)
+    info = ensure_ray(cfg.cluster)
+    info["storage_warnings"] = check_storage(cfg)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, out / "config.yaml")
+    return RunStart(info, out, Stopwatch(), t0)
+
+
 def subset(rows: list[Row], n: int | None, seed: int) -> list[Row]:
     """`n` rows drawn without replacement (file order kept); all of them if n is None."""
     if n is None or n >= len(rows):

@@ -367,18 +367,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     """The whole weakness loop; returns the report dict (also written to out_dir)."""
     import ray
 
-    from raydistill.cluster.runtime import check_storage, ensure_ray
     from raydistill.cluster.weakness_report import write_report
-    from raydistill.config import dump_config
 
-    t0 = time.perf_counter()
-    validate(cfg)
-    info = ensure_ray(cfg.cluster)
-    info["storage_warnings"] = check_storage(cfg)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
-    sw = Stopwatch()
+    start = stages.start_run(cfg, validate)
+    info, out, sw, t0 = start.info, start.out, start.sw, start.t0
     m: WeaknessConfig = cfg.method  # type: ignore[assignment]
     prep = prepare(cfg, sw)
     sig = signature(cfg, prep)

@@ -43,8 +43,8 @@ __all__ = [
 _PREFIX = re.compile(
     rf"""^\s*(?:{GENERIC_PREFIXES}
       | (?:the\ )?(?:new|revised|edited|modified|rewritten|flipped|changed|counterfactual|output|answer|result|text|sentence|review)
-        (?:\ (?:sentence|text|review|version|counterfactual|example))?\s*[:\-–]\s*
-      | (?:counterfactual|rewrite|edit)\s*\d*\s*[:\-–]\s*
+        (?:\ (?:sentence|text|review|version|counterfactual|example))?\s*(?::|[\-–](?=\s))\s*
+      | (?:counterfactual|rewrite|edit)\s*\d*\s*(?::|[\-–](?=\s))\s*
       | [\w\ ()-]{{0,40}}?\b(?:rewritten|revised|edited|modified|new|counterfactual|flipped)\b[^:\n]{{0,40}}:\s*
     )""",
     re.IGNORECASE | re.VERBOSE,
@@ -96,7 +96,8 @@ def clean_candidate(
     s = strip_markup(raw)
     if is_refusal(s):
         return None, REJECT_REFUSAL
-    s = strip_prefixes(s, _PREFIX)
+    # Markup again: a fence opened after the chatter ("Sure!\n```\n...") starts only now.
+    s = strip_markup(strip_prefixes(s, _PREFIX))
     echo = _echo_prefix(noun, tuple(label_names))
     if echo is not None:
         s = strip_prefixes(s, echo, times=2)

@@ -27,14 +27,16 @@ from raydistill.pipelines.edits import words
 REJECT_EMPTY = "empty"
 REJECT_REFUSAL = "refusal"
 
-# Chatter a model puts before any answer ("Sure!", "Here is ...:", "Answer:").
+# Chatter a model puts before any answer ("Sure!", "Here is ...:", "Answer:"). Whole
+# words only: "Surely the best film" and "Oklahoma!" are answers, not chatter; a dash
+# separates only with a space after it ("Result-oriented" is a word).
 GENERIC_PREFIXES = r"""
-        (?:sure|okay|ok|certainly|of\ course)[!,.]?\s*
+        (?:sure|okay|ok|certainly|of\ course)\b[!,.]?\s*
       | here(?:'s|\ is|\ are)\b[^:\n]*:\s*
 """
 _GENERIC_PREFIX = re.compile(
     rf"""^\s*(?:{GENERIC_PREFIXES}
-      | (?:the\ )?(?:output|answer|result|response)\s*[:\-–]\s*
+      | (?:the\ )?(?:output|answer|result|response)\s*(?::|[\-–](?=\s))\s*
     )""",
     re.IGNORECASE | re.VERBOSE,
 )
@@ -72,8 +74,16 @@ def strip_prefixes(s: str, pattern: re.Pattern, times: int = 3) -> str:
 def strip_quotes(s: str) -> str:
     """Quotes around the whole answer (nested too), or a lone opening one."""
     s = s.strip()
-    while len(s) >= 2 and s[0] in _QUOTES and s[-1] in _QUOTES:
-        s = s[1:-1].strip()
+    # Indices, not slices: peeling n nested quote pairs by slicing copies the text n times
+    # (a 300k-character run of backticks took 4 s).
+    i, j = 0, len(s)
+    while j - i >= 2 and s[i] in _QUOTES and s[j - 1] in _QUOTES:
+        i, j = i + 1, j - 1
+        while i < j and s[i].isspace():
+            i += 1
+        while j > i and s[j - 1].isspace():
+            j -= 1
+    s = s[i:j]
     # A lone opening quote with no closing one (the model ran out of tokens).
     if s and s[0] in _QUOTES and s.count(s[0]) == 1:
         s = s[1:].strip()
@@ -99,7 +109,8 @@ def clean_text(raw: str | None) -> tuple[str | None, str]:
     s = strip_markup(raw)
     if is_refusal(s):
         return None, REJECT_REFUSAL
-    s = strip_prefixes(s, _GENERIC_PREFIX)
+    # Markup again: a fence opened after the chatter ("Sure!\n```\n...") starts only now.
+    s = strip_markup(strip_prefixes(s, _GENERIC_PREFIX))
     s = _tidy_whitespace(strip_quotes(s))
     if not words(s):
         return None, REJECT_EMPTY
@@ -133,6 +144,25 @@ MAX_JSON_CHARS = 200_000
 _MAX_OBJECT_STARTS = 32  # '{' positions tried: bounds the work on adversarial text
 _JSON_FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)(?:```|$)", re.DOTALL)
 _DECODER = json.JSONDecoder()
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _writable(obj: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """`obj` with lone surrogates (JSON escapes like "\\udc00") replaced by U+FFFD.
+
+    `json.loads` keeps them, but no UTF-8 writer (Parquet, SQLite, JSON files) accepts
+    them, so a value holding one would fail the batch that stores it, not this row.
+    """
+    try:
+        text = json.dumps(obj, ensure_ascii=False)
+    except (RecursionError, ValueError, TypeError):
+        return None, JSON_INVALID  # decodable, but too deep to write back
+    if not _SURROGATE.search(text):
+        return obj, ""
+    try:
+        return json.loads(_SURROGATE.sub("\ufffd", text)), ""
+    except (RecursionError, ValueError):
+        return None, JSON_INVALID
 
 
 def _matching_brace(s: str, start: int) -> int | None:
@@ -199,7 +229,7 @@ def parse_json_object(text: str | None) -> tuple[dict[str, Any] | None, str]:
     except (ValueError, RecursionError):
         whole = None
     else:
-        return (whole, "") if isinstance(whole, dict) else (None, JSON_NOT_OBJECT)
+        return _writable(whole) if isinstance(whole, dict) else (None, JSON_NOT_OBJECT)
     reason = JSON_MISSING
     for m in _JSON_FENCE.finditer(s):
         body = m.group(1).strip()
@@ -208,9 +238,9 @@ def parse_json_object(text: str | None) -> tuple[dict[str, Any] | None, str]:
         except (ValueError, RecursionError):
             continue
         if isinstance(fenced, dict):
-            return fenced, ""
+            return _writable(fenced)
         reason = JSON_NOT_OBJECT
     obj, why = _first_object(s)
     if obj is not None:
-        return obj, ""
+        return _writable(obj)
     return None, (why if why != JSON_MISSING else reason)

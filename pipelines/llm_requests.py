@@ -13,7 +13,14 @@ order, with `candidates`, `generated_tokens`, `prompt_tokens`, `llm_error`,
    cache at once, in one transaction. A run interrupted after some batches keeps every
    one of them; its rerun sends only what had not finished. Errors are never cached, so
    they are retried next time.
-3. If more than `max_error_fraction` of the call's rows end with an error, `chat` raises
+3. Recovery rounds (`recovery_rounds`, on for a pool's client: `POOL_RECOVERY`): rows
+   that failed in a way a restarted replica fixes (transport, timeout, 5xx, garbled
+   body) are sent again after `recovery_wait_s`, doubling each round. Why not only more
+   per-request retries: a vLLM replica whose engine died answers 500 at once for as long
+   as Serve takes to mark it unhealthy (measured: ~60 s on a busy CPU box) and then
+   queues requests until its successor has loaded; per-request retries would make every
+   batch wait that out in turn, one round waits once for all the rows of the call.
+4. If more than `max_error_fraction` of the call's rows end with an error, `chat` raises
    `LLMStageError` (the answers that did arrive are cached already): a pool that is down
    or unreachable from the workers' nodes must stop the job, not leave its seeds silently
    without answers. Below the threshold the failed rows come back marked and counted.
@@ -32,12 +39,16 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from raydistill.pipelines.llm_stage import (
     ERROR_BAD_INPUT,
+    ERROR_HTTP_5XX,
+    RETRYABLE_KINDS,
     ChatResult,
     Sampling,
     chat_stage,
@@ -58,6 +69,12 @@ ANSWER_COLUMNS = (
     "cached",
 )
 _MAX_NAMED_ERRORS = 3
+# Failures a replaced replica can fix: worth a recovery round (a 4xx or a well-formed
+# non-answer would come back the same).
+RECOVERABLE_KINDS = frozenset(RETRYABLE_KINDS | {ERROR_HTTP_5XX})
+# What `LLMClient.for_pool` uses: waits of 15, 30, 60, 120 s (under 4 min in all) cover
+# Serve marking a dead vLLM engine's replica unhealthy and starting its successor.
+POOL_RECOVERY: dict[str, Any] = {"recovery_rounds": 4, "recovery_wait_s": 15.0}
 
 
 def model_identity(backend: str, model: str, url: str | None = None) -> str:
@@ -98,6 +115,8 @@ class LLMStats:
     prompt_tokens: int = 0  # of the answers received (not of cache hits)
     generated_tokens: int = 0
     cached_generated_tokens: int = 0  # tokens of cache hits: generated once, not again
+    resent: int = 0  # failed requests sent again in recovery rounds
+    recovery_rounds: int = 0
 
     @property
     def failed_rows(self) -> int:
@@ -144,8 +163,10 @@ class LLMClient:
     `Sampling.json_schema` (default: from `backend` via `STRUCTURED_OUTPUT`; unknown →
     no). `batch_size` rows go to one Ray Data task with their requests in flight
     together, `concurrency` tasks at once; each request gets `max_retries` retries with
-    backoff (`backoff_s`, doubling) and `timeout_s`. More than `max_error_fraction` of a
-    call's rows failing raises `LLMStageError`.
+    backoff (`backoff_s`, doubling) and `timeout_s`. Then rows that failed with a
+    `RECOVERABLE_KINDS` error are sent again, up to `recovery_rounds` times, after
+    `recovery_wait_s` (doubling; see the module docstring). More than
+    `max_error_fraction` of a call's rows failing raises `LLMStageError`.
     """
 
     def __init__(
@@ -163,6 +184,8 @@ class LLMClient:
         backoff_s: float = 1.0,
         max_error_fraction: float = 0.5,
         num_cpus: float = 0.25,
+        recovery_rounds: int = 0,
+        recovery_wait_s: float = 15.0,
     ) -> None:
         if not isinstance(model_id, str) or not model_id:
             raise ValueError("LLMClient: model_id must name the real model, e.g. 'vllm:<model>'")
@@ -189,6 +212,13 @@ class LLMClient:
         self.backoff_s = float(backoff_s)
         self.max_error_fraction = float(max_error_fraction)
         self.num_cpus = float(num_cpus)
+        if int(recovery_rounds) < 0 or float(recovery_wait_s) < 0:
+            raise ValueError(
+                "LLMClient: recovery_rounds and recovery_wait_s must be >= 0 "
+                f"(got {recovery_rounds}, {recovery_wait_s})"
+            )
+        self.recovery_rounds = int(recovery_rounds)
+        self.recovery_wait_s = float(recovery_wait_s)
         self.stats = LLMStats()
         self._warned_schema = False
 
@@ -197,9 +227,12 @@ class LLMClient:
         cls, endpoint: Any, pool: Any, cache: RequestCache | None = None, **kwargs: Any
     ) -> LLMClient:
         """A client for a started pool from its config (`PoolConfig`: backend, model,
-        url, batch_size, concurrency); `kwargs` override the other settings."""
+        url, batch_size, concurrency), with `POOL_RECOVERY`; `kwargs` override the other
+        settings."""
         kwargs.setdefault("batch_size", pool.batch_size)
         kwargs.setdefault("concurrency", pool.concurrency)
+        for name, value in POOL_RECOVERY.items():
+            kwargs.setdefault(name, value)
         return cls(
             endpoint,
             model_identity(pool.backend, pool.model, getattr(pool, "url", None)),
@@ -268,6 +301,7 @@ class LLMClient:
         missing = [k for k in messages if k not in hits]
         try:
             answers = self._send(missing, messages, sampling, call) if missing else {}
+            self._recover(answers, messages, sampling, call)
         except BaseException:
             self.stats.add(call)  # what was sent (and cached) before the interruption
             raise
@@ -332,12 +366,44 @@ class LLMClient:
             "are cached; a rerun sends only the failed rows."
         )
 
+    def _recover(
+        self,
+        answers: dict[str, ChatResult],
+        messages: dict[str, list[dict[str, str]]],
+        sampling: Sampling,
+        call: LLMStats,
+    ) -> None:
+        """Send the recoverable failures in `answers` again (in place), round by round."""
+        wait = self.recovery_wait_s
+        for round_no in range(1, self.recovery_rounds + 1):
+            failed = [
+                k for k, r in answers.items() if r.error and r.error_kind in RECOVERABLE_KINDS
+            ]
+            if not failed:
+                return
+            kinds = dict(Counter(answers[k].error_kind for k in failed))
+            logger.warning(
+                "%d LLM requests to %s failed (%s); sending them again in %.0f s "
+                "(recovery round %d of %d: the pool may be replacing a replica)",
+                len(failed),
+                self.endpoint.chat_url,
+                kinds,
+                wait,
+                round_no,
+                self.recovery_rounds,
+            )
+            time.sleep(wait)
+            call.recovery_rounds += 1
+            answers.update(self._send(failed, messages, sampling, call, resend=True))
+            wait *= 2
+
     def _send(
         self,
         keys: list[str],
         messages: dict[str, list[dict[str, str]]],
         sampling: Sampling,
         call: LLMStats,
+        resend: bool = False,
     ) -> dict[str, ChatResult]:
         """Send `keys` through the Ray Data chat stage; cache each batch as it arrives."""
         import ray.data
@@ -354,7 +420,10 @@ class LLMClient:
             backoff_s=self.backoff_s,
         )
         answers: dict[str, ChatResult] = {}
-        call.requests_sent += len(keys)
+        if resend:
+            call.resent += len(keys)
+        else:
+            call.requests_sent += len(keys)
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             done = []
             for rec in batch.to_pylist():

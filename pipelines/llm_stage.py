@@ -68,6 +68,7 @@ ERROR_KINDS = (
 RETRYABLE_KINDS = frozenset({ERROR_TRANSPORT, ERROR_TIMEOUT, ERROR_INVALID_JSON})
 
 _SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass
@@ -123,7 +124,11 @@ def normalize_messages(messages: Any) -> list[dict[str, str]]:
             raise ValueError(f"messages[{i}] is not a {{role, content}} dict: {m!r:.80}")
         if m["role"] is None or m["content"] is None:
             raise ValueError(f"messages[{i}] has a null role or content")
-        out.append({"role": str(m["role"]), "content": str(m["content"])})
+        role, content = str(m["role"]), str(m["content"])
+        if _SURROGATE.search(role) or _SURROGATE.search(content):
+            # Not encodable as UTF-8: neither the cache key nor the HTTP body can hold it.
+            raise ValueError(f"messages[{i}] holds a lone surrogate (not valid Unicode text)")
+        out.append({"role": role, "content": content})
     return out
 
 
@@ -163,10 +168,36 @@ def response_format(schema: Mapping[str, Any]) -> dict[str, Any]:
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
+def valid_text(s: str) -> str:
+    """`s` with lone surrogates replaced by U+FFFD.
+
+    JSON may escape them ("\\ud800") and `json.loads` keeps them, but no UTF-8 writer
+    (Arrow, SQLite, httpx) accepts them: one such answer would fail its whole batch.
+    """
+    return _SURROGATE.sub("\ufffd", s) if _SURROGATE.search(s) else s
+
+
 def _clip(s: str, n: int = MAX_ERROR_CHARS) -> str:
     """One line, no terminal colour codes (Ray's tracebacks carry them), at most n chars."""
-    s = " ".join(_ANSI.sub("", str(s)).split())
+    s = valid_text(" ".join(_ANSI.sub("", str(s)).split()))
     return s if len(s) <= n else s[: n - 3] + "..."
+
+
+def _json_preview(obj: Any, n: int = MAX_ERROR_CHARS) -> str:
+    """`obj` as clipped JSON for an error message; never raises.
+
+    A body nested just below the decoder's depth limit decodes, and then fails to encode
+    one stack frame deeper (RecursionError): the preview must not turn it into a crash.
+    """
+    try:
+        return _clip(json.dumps(obj, default=str), n)
+    except (RecursionError, ValueError, TypeError):
+        return "(JSON nested too deeply to show)"
+
+
+def _show(value: Any) -> str:
+    """An untrusted JSON value as one clipped line (strings as they are)."""
+    return _clip(value) if isinstance(value, str) else _json_preview(value)
 
 
 def _error_message(obj: Any) -> str | None:
@@ -176,11 +207,10 @@ def _error_message(obj: Any) -> str | None:
     err = obj.get("error")
     if err:
         if isinstance(err, Mapping):
-            msg = err.get("message") or err.get("detail") or json.dumps(err, default=str)
-            return _clip(str(msg))
-        return _clip(str(err))
+            return _show(err.get("message") or err.get("detail") or err)
+        return _show(err)
     if "detail" in obj and "choices" not in obj:  # FastAPI's default error body
-        return _clip(json.dumps(obj["detail"], default=str))
+        return _json_preview(obj["detail"])
     return None
 
 
@@ -231,7 +261,7 @@ def parse_chat_response(obj: Any) -> ChatResult:
         return ChatResult(
             [],
             0,
-            f"response has no 'choices' list: {_clip(json.dumps(obj, default=str), 200)}",
+            f"response has no 'choices' list: {_json_preview(obj, 200)}",
             error_kind=ERROR_BAD_RESPONSE,
         )
     candidates: list[str] = []
@@ -243,7 +273,7 @@ def parse_chat_response(obj: Any) -> ChatResult:
         if text is None and isinstance(ch.get("text"), str):  # completions-style choice
             text = ch["text"]
         if text is not None:
-            candidates.append(text)
+            candidates.append(valid_text(text))
     usage = obj.get("usage")
     tokens, prompt = _count(usage, "completion_tokens"), _count(usage, "prompt_tokens")
     if not candidates:

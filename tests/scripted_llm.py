@@ -14,9 +14,13 @@
 The handler gets the request payload (a dict; `None` when the body was not JSON) and
 returns `(status, body)`: a dict is sent as JSON, `bytes`/`str` as they are (to script
 garbage or truncated JSON). It may sleep (to script timeouts) or raise (→ HTTP 500, which
-the test sees as a 5xx). Requests are handled on their own threads, so concurrent clients
-(Ray Data tasks on this machine) are served concurrently. `GET /v1/models` lists `model`.
-The default handler answers every choice with "answer: <last user message>".
+the test sees as a 5xx). Two bodies script a broken connection: `DROP` closes it without
+any response (a replica that died mid-request), `CutBody(data)` declares more bytes than
+it sends, then closes (a body cut off on the wire). Requests are handled on their own
+threads, so concurrent clients (Ray Data tasks on this machine) are served concurrently.
+`GET /v1/models` lists `model`. The default handler answers every choice with
+"answer: <last user message>"; `forward_to(url)` makes the server a counting proxy in
+front of a real pool. `arrivals` and `answers` time what happened, for backoff checks.
 
 Why a real server rather than a mock: the code under test is the HTTP client, its retries
 and its Ray Data tasks in other processes; only a socket exercises all of them.
@@ -27,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -34,6 +39,32 @@ from typing import Any
 from raydistill.serving.teacher_pool import Endpoint
 
 Handler = Callable[[dict[str, Any] | None], tuple[int, Any]]
+
+DROP = object()  # as a body: close the connection without answering
+
+
+class CutBody:
+    """As a body: send `data` under a Content-Length `missing` bytes longer, then close."""
+
+    def __init__(self, data: bytes, missing: int = 64) -> None:
+        self.data, self.missing = bytes(data), int(missing)
+
+
+def forward_to(url: str, timeout_s: float = 300.0) -> Handler:
+    """A handler that sends each payload on to `url` (a real pool's chat URL) and answers
+    with what came back: the scripted server becomes a proxy that counts the requests a
+    pool received. A request the pool never answered (connection refused or dropped) is
+    dropped here too, so the client sees a transport error, as it would without us."""
+    import httpx
+
+    def forward(payload: dict[str, Any] | None) -> tuple[int, Any]:
+        try:
+            r = httpx.post(url, json=payload, timeout=timeout_s)
+        except httpx.HTTPError:
+            return 0, DROP
+        return r.status_code, r.content
+
+    return forward
 
 
 def completion(
@@ -74,15 +105,28 @@ def echo_handler(payload: dict[str, Any] | None) -> tuple[int, Any]:
     return 200, completion([f"answer: {last_user_message(payload)}"] * n)
 
 
+class _Server(ThreadingHTTPServer):
+    # A batch's requests connect all at once; the default backlog (5) let the kernel drop
+    # SYNs beyond it, and a client with a short timeout saw a connect timeout for a request
+    # the server never received.
+    request_queue_size = 128
+
+
 class ScriptedLLM:
     """The server (see the module docstring). `start()`/`stop()` or use it as a context."""
 
-    def __init__(self, handler: Handler | None = None, *, model: str = "teacher") -> None:
+    def __init__(
+        self, handler: Handler | None = None, *, model: str = "teacher", port: int = 0
+    ) -> None:
         self.handler: Handler = handler or echo_handler
         self.model = model
+        self._port = int(port)  # 0: a free one; a fixed one brings a "pool" back where it was
         self.payloads: list[dict[str, Any] | None] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each payload's arrival
+        # (time answered, status or None when dropped, payload), in the order answered
+        self.answers: list[tuple[float, int | None, dict[str, Any] | None]] = []
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -96,7 +140,17 @@ class ScriptedLLM:
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
 
-            def _send(self, status: int, body: Any) -> None:
+            def _send(
+                self, status: int, body: Any, chat: bool = False, payload: Any = None
+            ) -> None:
+                if body is DROP:
+                    self.close_connection = True
+                    owner._answered(None, payload)
+                    return
+                cut = 0
+                if isinstance(body, CutBody):
+                    body, cut = body.data, body.missing
+                    self.close_connection = True
                 if isinstance(body, bytes | bytearray):
                     data, ctype = bytes(body), "application/octet-stream"
                 elif isinstance(body, str):
@@ -105,11 +159,13 @@ class ScriptedLLM:
                     data, ctype = json.dumps(body).encode("utf-8"), "application/json"
                 self.send_response(int(status))
                 self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Content-Length", str(len(data) + cut))
                 self.end_headers()
                 # The client may have given up (a scripted timeout): nothing to do then.
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(data)
+                if chat:
+                    owner._answered(int(status), payload)
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/") == "/v1/models":
@@ -129,13 +185,14 @@ class ScriptedLLM:
                     payload = None
                 with owner._lock:
                     owner.payloads.append(payload)
+                    owner.arrivals.append(time.monotonic())
                 try:
                     status, body = owner.handler(payload)
                 except Exception as e:
                     status, body = 500, {"error": {"message": f"handler raised {e!r}"}}
-                self._send(status, body)
+                self._send(status, body, True, payload)
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        server = _Server(("127.0.0.1", self._port), _Handler)
         server.daemon_threads = True
         server.block_on_close = False  # a handler still sleeping must not hold up stop()
         self._server = server
@@ -177,6 +234,10 @@ class ScriptedLLM:
         with self._lock:
             return len(self.payloads)
 
+    def _answered(self, status: int | None, payload: Any) -> None:
+        with self._lock:
+            self.answers.append((time.monotonic(), status, payload))
+
     def received(self) -> list[dict[str, Any] | None]:
         """A copy of the chat payloads received, in arrival order."""
         with self._lock:
@@ -186,5 +247,7 @@ class ScriptedLLM:
         """Forget the requests seen; optionally script new answers."""
         with self._lock:
             self.payloads.clear()
+            self.arrivals.clear()
+            self.answers.clear()
             if handler is not None:
                 self.handler = handler

@@ -118,12 +118,13 @@ def test_job_submission_runs_smoke_job(head_node, tmp_path):
         },
     )
     # The head's job agent comes up a little after `ray start` returns.
-    for attempt in range(30):
+    # Up to 3 minutes: on a loaded 2-core machine the agent took over 60 s.
+    for attempt in range(90):
         try:
             job_id = client.submit_job(**submit)
             break
         except RuntimeError as e:
-            if "No available agent" not in str(e) or attempt == 29:
+            if "No available agent" not in str(e) or attempt == 89:
                 raise
             time.sleep(2)
     deadline = time.time() + 600

@@ -66,6 +66,8 @@ def _chain_answers(payload):
     return 200, completion(["It is the usual place for that."])
 
 
+# The method's smoke run (~3-4 min on 2 cores): in `make test-slow`, which CI runs.
+@pytest.mark.slow
 @pytest.mark.ray
 def test_explain_end_to_end_and_resume(ray_session, data_dir, tmp_path):
     from scripted_llm import ScriptedLLM

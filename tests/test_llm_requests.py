@@ -582,9 +582,14 @@ def test_cod_through_the_client_a_cached_rerun_sends_nothing_and_gives_the_same_
         )
         print(f"swap, rerun from the cache: {time.monotonic() - t0:.1f} s")
         assert server.count == 0  # every request of every round came from the cache
-    assert rounds == {gen.seed + 1, gen.seed + 2}  # both rounds asked the pool
+    # Round 1 always asks; round 2 only for seeds round 1 left unflipped (the tiny
+    # teacher's head is random, so that varies between runs).
+    assert gen.seed + 1 in rounds and rounds <= {gen.seed + 1, gen.seed + 2}
     assert first == again and len(first) == 3
-    assert again_stats.llm["cache_hits"] == sent and again_stats.llm["requests_sent"] == 0
+    # Two seeds can share a salient word, hence one swap prompt: sent once in the first
+    # run, but a cache hit for each row on the rerun.
+    assert again_stats.llm["cache_hits"] == sent + stats.llm["duplicates"]
+    assert again_stats.llm["requests_sent"] == 0
     assert again_stats.generated_tokens == stats.generated_tokens > 0
     assert again_stats.candidates == stats.candidates and again_stats.rejects == stats.rejects
     with pytest.raises(TypeError, match="LLMClient"):

@@ -474,6 +474,9 @@ EXPECTED_METRICS = {
 }
 
 
+# One fit of 5 real jobs (~3-4 min on 2 cores) shared by the next three tests: in
+# `make test-slow` (CI runs it), to keep the default run under 15 minutes.
+@pytest.mark.slow
 @pytest.mark.ray
 def test_every_kind_trains_on_two_workers_and_learns(trained):
     for name, keys in EXPECTED_METRICS.items():
@@ -490,6 +493,7 @@ def test_every_kind_trains_on_two_workers_and_learns(trained):
     assert trained["s2s-mt-z3"][1]["train_examples"] == 16  # predict + explain per row
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_folders_load_with_auto_classes_in_a_fresh_process(trained):
     code = (
@@ -540,6 +544,7 @@ def test_folders_load_with_auto_classes_in_a_fresh_process(trained):
     assert tagger["id2label"] == {str(i): t for i, t in enumerate(TAGS)}
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_saved_weights_are_the_best_step_under_zero2_and_zero3(trained):
     """Reloading a folder reproduces its reported test score: the saved weights are the

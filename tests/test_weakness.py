@@ -191,6 +191,8 @@ def _answers(payload):
     )
 
 
+# The method's smoke run (~3-4 min on 2 cores): in `make test-slow`, which CI runs.
+@pytest.mark.slow
 @pytest.mark.ray
 def test_weakness_loop_end_to_end_and_resume(ray_session, data_dir, tmp_path):
     from scripted_llm import ScriptedLLM
