@@ -5,7 +5,7 @@ PY := .venv/bin/python
 RECIPE ?= recipes/sst2-cod.yaml
 PYTEST_ARGS ?=
 
-.PHONY: install demo smoke test test-slow test-all lint format
+.PHONY: install demo smoke test test-slow test-faults test-all lint format
 
 install:
 	@bash scripts/install.sh
@@ -22,7 +22,11 @@ test: install
 # Ray 2.60 turns token auth on once ~/.ray/auth_token exists; `ray start` heads and
 # cluster_utils nodes then need clients in token mode, and Ray reads this at import.
 test-slow: install
-	RAY_AUTH_MODE=token $(PY) -m pytest -m slow $(PYTEST_ARGS)
+	RAY_AUTH_MODE=token $(PY) -m pytest -m "slow and not fault_bench" $(PYTEST_ARGS)
+
+# vLLM replica / engine killed mid-generation (6-21 min each on 2 cores).
+test-faults: install
+	RAY_AUTH_MODE=token $(PY) -m pytest -m fault_bench $(PYTEST_ARGS)
 
 test-all: install
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)

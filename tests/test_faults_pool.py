@@ -361,6 +361,9 @@ VLLM_MISSING = importlib.util.find_spec("vllm") is None
 
 @pytest.mark.slow
 @pytest.mark.vllm
+# 6–21 min each on 2 cores (a vLLM replica restarts): run on purpose with
+# `make test-faults`; `make test-slow` (CI) leaves them out to stay inside its budget.
+@pytest.mark.fault_bench
 @pytest.mark.timeout(2400)
 @pytest.mark.skipif(VLLM_MISSING, reason="vllm is not installed")
 @pytest.mark.parametrize("target", ["replica_actor", "engine_process"])
