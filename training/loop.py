@@ -212,6 +212,21 @@ def param_groups(student: DistillStudent, lr: float, head_lr: float | None) -> l
     return [g for g in ({"params": body, "lr": lr}, {"params": head, "lr": head_lr}) if g["params"]]
 
 
+def _progress(name: str, rank: int, step: int, total_steps: int, loss: float, t0: float) -> None:
+    """Every tenth of a job: the loss gauge on the dashboard, and for long jobs (the
+    teacher) a progress line; few-shot students are too quick to print."""
+    if rank != 0 or step % max(1, total_steps // 10):
+        return
+    set_gauge(TRAIN_LOSS, loss, job=name)
+    if total_steps >= 50:
+        el = time.perf_counter() - t0
+        print(
+            f"[{name}] step {step}/{total_steps} loss {loss:.4f} "
+            f"{el:.0f}s elapsed, ~{el / step * (total_steps - step):.0f}s left",
+            flush=True,
+        )
+
+
 def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
     """Train, select on dev, evaluate on test; `report(metrics, ckpt_dir)` once per job."""
     from raydistill.training.deepspeed_ops import use_prefix_extensions_dir
@@ -297,16 +312,7 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
         engine.backward(loss)
         engine.step()
         step_s += time.perf_counter() - ts
-        if rank == 0 and step % max(1, total_steps // 10) == 0:
-            set_gauge(TRAIN_LOSS, last_parts["loss"], job=job.name)
-        if rank == 0 and total_steps >= 50 and step % max(1, total_steps // 10) == 0:
-            # Long jobs (the teacher) print progress; few-shot students are too quick to.
-            el = time.perf_counter() - t0
-            print(
-                f"[{job.name}] step {step}/{total_steps} loss {last_parts['loss']:.4f} "
-                f"{el:.0f}s elapsed, ~{el / step * (total_steps - step):.0f}s left",
-                flush=True,
-            )
+        _progress(job.name, rank, step, total_steps, last_parts["loss"], t0)
         if step % eval_steps == 0 or step == total_steps:
             live = evaluated.refresh()
             m = dev_eval(live.model)
@@ -416,15 +422,7 @@ def _run_kind_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any
         engine.backward(loss)
         engine.step()
         step_s += time.perf_counter() - ts
-        if rank == 0 and step % max(1, total_steps // 10) == 0:
-            set_gauge(TRAIN_LOSS, last_parts["loss"], job=job.name)
-        if rank == 0 and total_steps >= 50 and step % max(1, total_steps // 10) == 0:
-            el = time.perf_counter() - t0
-            print(
-                f"[{job.name}] step {step}/{total_steps} loss {last_parts['loss']:.4f} "
-                f"{el:.0f}s elapsed, ~{el / step * (total_steps - step):.0f}s left",
-                flush=True,
-            )
+        _progress(job.name, rank, step, total_steps, last_parts["loss"], t0)
         if step % eval_steps == 0 or step == total_steps:
             live = evaluated.refresh()
             m = kind.metrics(
