@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     import torch
 
-    from raydistill.training.loop import fit_jobs
+    from raydistill.training.fit import fit_jobs
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1)))
     with tempfile.TemporaryDirectory(prefix="rd-kinds-bench-") as tmp:

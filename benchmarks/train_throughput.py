@@ -126,7 +126,8 @@ def ray_training(
     w: Workload, *, workers: int, storage: str, threads_per_worker: int, zero_stage: int = 2
 ):
     """The raydistill path: one TrainJob through `fit_jobs` (Ray Train + DeepSpeed)."""
-    from raydistill.training.loop import TrainJob, fit_jobs
+    from raydistill.training.fit import fit_jobs
+    from raydistill.training.loop import TrainJob
 
     job = TrainJob(
         name=f"bench-{w.name}-w{workers}",

@@ -144,6 +144,10 @@ def cmd_serve(args) -> int:
         host=args.host,
         port=args.port,
         blocking=True,
+        num_gpus_per_replica=args.num_gpus,
+        num_cpus_per_replica=args.num_cpus,
+        min_replicas=args.replicas,
+        max_replicas=max(args.replicas, args.max_replicas or args.replicas),
     )
     return 0
 
@@ -183,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument(
+        "--num-gpus", type=float, default=0.0, help="GPUs per replica (the model runs on it)"
+    )
+    sp.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per replica")
+    sp.add_argument("--replicas", type=int, default=1, help="replicas at start (min)")
+    sp.add_argument("--max-replicas", type=int, help="autoscale up to this many")
     sp.set_defaults(fn=cmd_serve)
     return p
 

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.jsonl"
 # StudentConfig fields that change how a student is trained, not what it learns.
-EXECUTION_ONLY = ("zero_stage", "placement_strategy")
+EXECUTION_ONLY = ("zero_stage", "placement_strategy", "max_failures", "checkpoint_every")
 # DataConfig fields that say where files are, not which rows are used.
 LOCATION_ONLY = ("data_dir",)
 

@@ -27,6 +27,11 @@ from raydistill.recipes import (  # noqa: F401  (re-exported: the config API)
 POOLINGS = ("mean", "native")
 
 
+def _non_negative(key: str, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(f"{key}: a number >= 0, got {value!r}")
+
+
 def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
@@ -91,9 +96,21 @@ class TeacherConfig:
     pooling: str = "mean"
     num_workers: int = 1
     seed: int = 0
+    # GPU share of each Ray Data actor that runs the teacher classifier (annotation, flip
+    # verification, saliency): 0 keeps them on CPU even on GPU nodes; 0.25 packs four on
+    # one GPU. The classifier runs on the device Ray assigned (training/devices.py).
+    num_gpus: float = 0.0
+    # Train the teacher on GPU workers (Ray Train ScalingConfig(use_gpu=True), NCCL).
+    use_gpu: bool = False
+    # As for students; the teacher is the one long job, so it checkpoints mid-epoch.
+    max_failures: int = 1
+    checkpoint_every: float = 0.5
 
     def __post_init__(self) -> None:
         _one_of("teacher.pooling", self.pooling, POOLINGS)
+        _non_negative("teacher.num_gpus", self.num_gpus)
+        _non_negative("teacher.max_failures", self.max_failures)
+        _non_negative("teacher.checkpoint_every", self.checkpoint_every)
 
 
 @dataclass
@@ -121,6 +138,11 @@ class PoolConfig:
     # negative (engine refuses to start) whenever the process is a little bigger.
     cpu_kv_cache_gib: float = 1.0
     dtype: str = "bfloat16"
+    # backend=hf: how transformers places the model. None: "auto" (accelerate shards the
+    # layers over the replica's GPUs) when num_gpus > 1, else the whole model on the
+    # replica's device. Any other value is passed to from_pretrained as is ("auto",
+    # "balanced", "sequential"); it needs accelerate and at least one assigned GPU.
+    device_map: str | None = None
     # Requests in flight from Ray Data at once (the engine batches them).
     batch_size: int = 32
     concurrency: int = 1
@@ -304,9 +326,17 @@ class StudentConfig:
     placement_strategy: str = "PACK"
     use_gpu: bool = False
     seed: int = 0
+    # Fault tolerance of the Ray Train fit: worker-group failures survived (a killed
+    # worker, a lost node; the group restarts from the latest checkpoint), and partial
+    # checkpoints every this many epochs inside a job (0 = only finished jobs: few-shot
+    # students take seconds, so the job is the unit of work).
+    max_failures: int = 1
+    checkpoint_every: float = 0.0
 
     def __post_init__(self) -> None:
         _one_of("student.pooling", self.pooling, POOLINGS)
+        _non_negative("student.max_failures", self.max_failures)
+        _non_negative("student.checkpoint_every", self.checkpoint_every)
         if self.kind is not None:
             _one_of("student.kind", self.kind, STUDENT_KINDS)
         _one_of("student.mode", self.mode, STUDENT_MODES)

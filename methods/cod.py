@@ -225,6 +225,7 @@ def generate_cached(
                 cfg.method.counterfactuals,
                 source=f"llm:{cfg.pool.model}",
                 teacher_max_length=cfg.teacher.max_length,
+                teacher_num_gpus=cfg.teacher.num_gpus,
                 progress=lambda msg: print(f"[raydistill] {msg}", flush=True),
             )
         for r in records:

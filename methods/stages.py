@@ -128,7 +128,11 @@ def annotate_stage(
     with sw.stage("annotate"):
         tagged = [dict(r, split=g) for g, rows in groups.items() for r in rows]
         ann = annotate_rows(
-            tagged, teacher.path, max_length=cfg.teacher.max_length, with_hidden=with_hidden
+            tagged,
+            teacher.path,
+            max_length=cfg.teacher.max_length,
+            with_hidden=with_hidden,
+            num_gpus=cfg.teacher.num_gpus,
         )
     return {g: [r for r in ann if r["split"] == g] for g in groups}
 
@@ -176,7 +180,7 @@ def train_stage(
     """
     from raydistill.cluster.ledger import Ledger
     from raydistill.cluster.runtime import train_storage
-    from raydistill.training.loop import fit_jobs
+    from raydistill.training.fit import fit_jobs
 
     out = Path(cfg.out_dir)
     ledger = Ledger(out)
@@ -184,6 +188,8 @@ def train_stage(
     todo = [j for j in jobs if j.name not in done]
     if done:
         print(f"[raydistill] {len(done)} students already trained, {len(todo)} to go", flush=True)
+    for j in todo:  # fault tolerance is execution, not what the student learns
+        j.checkpoint_every = cfg.student.checkpoint_every
     if todo:
         with sw.stage("train"):
             results = fit_jobs(
@@ -194,6 +200,7 @@ def train_stage(
                 run_callbacks=callbacks,
                 placement_strategy=cfg.student.placement_strategy,
                 use_gpu=cfg.student.use_gpu,
+                max_failures=cfg.student.max_failures,
             )
         rows = []
         for job, (metrics, ckpt) in zip(todo, results, strict=True):

@@ -255,6 +255,7 @@ def select(
                 [{k: c[k] for k in ("id", "text", "label")} for c in ok],
                 prep.teacher.path,
                 max_length=cfg.teacher.max_length,
+                num_gpus=cfg.teacher.num_gpus,
             )
         }
         agreed = []

@@ -224,6 +224,7 @@ def generate_counterfactuals(
     batch_size: int | None = None,
     concurrency: int | None = None,
     teacher_max_length: int = 64,
+    teacher_num_gpus: float = 0.0,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[list[dict[str, Any]], GenerationStats]:
     """Seeds (annotated with `teacher_logits`) → one counterfactual record per seed.
@@ -261,6 +262,8 @@ def generate_counterfactuals(
     verifier = dict(
         teacher_dir=teacher_dir,
         teacher_max_length=teacher_max_length,
+        # GPU share of the verifier / saliency actors (teacher.num_gpus).
+        teacher_num_gpus=teacher_num_gpus,
         spec=spec,
         gen=gen,
     )

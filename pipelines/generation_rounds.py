@@ -36,6 +36,8 @@ def _verify(ds: Any, verifier: dict[str, Any], expected: int, rnd: int) -> list[
         batch_size=64,
         batch_format="numpy",
         concurrency=1,
+        # teacher.num_gpus: the verifier's classifier runs on the GPU Ray assigns it.
+        num_gpus=float(verifier.get("teacher_num_gpus") or 0.0),
     )
     results = ds.take_all()
     if len(results) != expected:
@@ -113,6 +115,7 @@ def swap_rounds(pending, spec, llm, gen, verifier):
             batch_size=16,
             batch_format="numpy",
             concurrency=1,
+            num_gpus=float(verifier.get("teacher_num_gpus") or 0.0),
         )
         .take_all()
     )

@@ -44,8 +44,12 @@ def annotate_rows(
     with_hidden: bool = False,
     batch_size: int = 64,
     num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
 ) -> list[dict[str, Any]]:
-    """Annotate plain rows through a Ray Data stage and return them (order kept)."""
+    """Annotate plain rows through a Ray Data stage and return them (order kept).
+
+    `num_gpus` (teacher.num_gpus) is the actor's GPU share: the classifier runs on CUDA
+    only when Ray assigned it one, never on a GPU it merely sees."""
     import ray
 
     if not rows:
@@ -60,6 +64,7 @@ def annotate_rows(
         batch_format="numpy",
         concurrency=1,
         num_cpus=num_cpus,
+        num_gpus=float(num_gpus),
     )
     out = ds.take_all()
 

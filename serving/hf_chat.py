@@ -49,6 +49,7 @@ class HFChatEngine:
         dtype: str = "float32",
         device: str | None = None,
         num_threads: int | None = None,
+        device_map: str | None = None,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -61,8 +62,16 @@ class HFChatEngine:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         torch_dtype = getattr(torch, dtype) if dtype != "auto" else "auto"
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
-        self.model.to(self.device).eval()
+        if device_map:
+            # accelerate places the layers; inputs go to where the embeddings live.
+            self.model = AutoModelForCausalLM.from_pretrained(
+                model_dir, dtype=torch_dtype, device_map=device_map
+            )
+            self.device = str(self.model.get_input_embeddings().weight.device)
+            self.model.eval()
+        else:
+            self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
+            self.model.to(self.device).eval()
         self.model_dir = model_dir
         gen_cfg = self.model.generation_config
         eos = gen_cfg.eos_token_id if gen_cfg.eos_token_id is not None else []
@@ -253,8 +262,9 @@ class HFChatDeployment:
         batch_wait_timeout_s: float = 0.05,
         default_max_tokens: int = 64,
         dtype: str = "float32",
+        device_map: str | None = None,
     ) -> None:
-        self.engine = HFChatEngine(model_dir, dtype=dtype)
+        self.engine = HFChatEngine(model_dir, dtype=dtype, device_map=device_map)
         self.served_model_name = served_model_name
         self.default_max_tokens = default_max_tokens
         self.created = int(time.time())
@@ -350,6 +360,7 @@ def build_hf_app(
     max_batch_size: int = 32,
     batch_wait_timeout_s: float = 0.05,
     dtype: str = "float32",
+    device_map: str | None = None,
 ) -> serve.Application:
     """The bound Serve application for the hf backend."""
     opts: dict[str, Any] = dict(
@@ -370,4 +381,23 @@ def build_hf_app(
         max_batch_size=max_batch_size,
         batch_wait_timeout_s=batch_wait_timeout_s,
         dtype=dtype,
+        device_map=resolve_device_map(device_map, num_gpus),
     )
+
+
+def resolve_device_map(device_map: str | None, num_gpus: float) -> str | None:
+    """What `from_pretrained(device_map=...)` gets for a replica with `num_gpus` GPUs.
+
+    One GPU or none: None (the whole model moves to the replica's device, no accelerate
+    needed). More than one: "auto" so a model too big for one card is sharded over the
+    replica's GPUs. An explicit value wins but needs a GPU, since on CPU it only adds an
+    accelerate dependency and hides where the weights went.
+    """
+    if device_map is None:
+        return "auto" if num_gpus > 1 else None
+    if num_gpus <= 0:
+        raise ValueError(
+            f"pool.device_map={device_map!r} needs pool.num_gpus >= 1 (got {num_gpus}); "
+            "leave device_map unset on CPU"
+        )
+    return device_map

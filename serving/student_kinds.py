@@ -74,9 +74,11 @@ def load_student(model_dir: str, max_length: int = 128, *, device: str | None = 
 
 
 def _device(device: str | None) -> str:
-    import torch
+    """`device`, else what Ray assigned this replica: cuda only with a GPU assignment
+    (`raydistill serve --num-gpus`), so a CPU replica never lands on a node's GPU."""
+    from raydistill.training.devices import resolve_device
 
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device(device)
 
 
 def split_words(text: str) -> list[tuple[str, int, int]]:

@@ -34,11 +34,9 @@ class StudentClassifier:
         batch_size: int = 32,
         device: str | None = None,
     ):
-        import torch
-
         from raydistill.training.classifier import Classifier
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # device None: the replica's Ray assignment (cuda with num_gpus_per_replica > 0).
         clf = Classifier(model_dir, max_length=max_length, batch_size=batch_size, device=device)
         cfg = clf.model.config
         limit = getattr(cfg, "max_position_embeddings", None) or max_length

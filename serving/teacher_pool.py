@@ -530,6 +530,7 @@ class HFPool(_ServePool):
             max_replicas=cfg.max_replicas,
             max_batch_size=max(1, int(cfg.batch_size)),
             dtype="float32" if cfg.num_gpus == 0 else cfg.dtype,
+            device_map=cfg.device_map,
         )
 
 

@@ -453,7 +453,7 @@ def _untrained_score(job) -> float:
 
 @pytest.fixture(scope="module")
 def trained(ray_session, tmp_path_factory, minilm_tok, llama_tok):
-    from raydistill.training.loop import fit_jobs
+    from raydistill.training.fit import fit_jobs
 
     root = tmp_path_factory.mktemp("kinds")
     jobs = _jobs(root, minilm_tok, llama_tok)

@@ -20,7 +20,12 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class Classifier:
-    """One HF sequence-classifier folder; the serving `StudentClassifier` wraps this too."""
+    """One HF sequence-classifier folder; the serving `StudentClassifier` wraps this too.
+
+    `device` None: what Ray assigned this process (`training.devices.assigned_device`):
+    cuda in a Ray Data actor or Serve replica given a GPU, cpu in one given none even on a
+    GPU node (the GPU belongs to whoever Ray gave it to), cpu in the Ray driver.
+    """
 
     def __init__(
         self,
@@ -31,11 +36,12 @@ class Classifier:
     ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from raydistill.training.devices import resolve_device
         from raydistill.training.pooled_classifier import register
 
         register()  # mean-pooled checkpoints load without trust_remote_code
         self.model_dir = str(model_dir)
-        self.device = device or "cpu"
+        self.device = resolve_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.model = AutoModelForSequenceClassification.from_pretrained(self.model_dir)
         if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from raydistill.telemetry import TRAIN_LOSS, set_gauge
+from raydistill.training.devices import assigned_device
 from raydistill.training.evaluation import Evaluator, evaluate  # noqa: F401  (re-exported)
 from raydistill.training.losses import distill_loss
 from raydistill.training.students import DistillStudent
@@ -63,6 +64,9 @@ class TrainJob:
     teacher_layers: int | None = None
     zero_stage: int = 2
     seed: int = 0
+    # Partial checkpoints every this many epochs (0 = at job ends only), so a restarted
+    # worker group resumes a long job instead of redoing it (training/train_state.py).
+    checkpoint_every: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
     # The student kind (training/student_kinds.py) and the task kind its rows have; for
     # generative kinds the mcqa target mode, the generation cap and the prompt template
@@ -227,13 +231,41 @@ def _progress(name: str, rank: int, step: int, total_steps: int, loss: float, t0
         )
 
 
-def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
-    """Train, select on dev, evaluate on test; `report(metrics, ckpt_dir)` once per job."""
+def _loop_state(step: int, best: tuple, history: list, step_s: float, t0: float):
+    from raydistill.training.train_state import LoopState
+
+    return LoopState(
+        step=step,
+        best_score=float(best[0]),
+        best_step=int(best[1]),
+        history=list(history),
+        step_s=step_s,
+        elapsed_s=time.perf_counter() - t0,
+    )
+
+
+def _resume_metrics(restored) -> dict[str, Any]:
+    """What a resumed job reports: where it picked up, and whether exactly."""
+    if restored is None:
+        return {"resumed_from_step": 0}
+    return {
+        "resumed_from_step": restored.state.step,
+        "optimizer_restored": restored.optimizer_restored,
+    }
+
+
+def run_job(job: TrainJob, rank: int, world: int, report, ckpts=None) -> dict[str, Any]:
+    """Train, select on dev, evaluate on test; `report(metrics, ckpt_dir)` once per job.
+
+    `ckpts` (train_state.JobCheckpoints) writes partial checkpoints and resumes from one.
+    """
     from raydistill.training.deepspeed_ops import use_prefix_extensions_dir
+    from raydistill.training.train_state import JobCheckpoints
 
     use_prefix_extensions_dir()  # before deepspeed builds its CPU comm op
+    ckpts = ckpts or JobCheckpoints(0.0, rank, job.zero_stage)
     if job.kind != "sequence_classification":
-        return _run_kind_job(job, rank, world, report)
+        return _run_kind_job(job, rank, world, report, ckpts)
     import deepspeed
     from transformers import AutoTokenizer
 
@@ -267,24 +299,35 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
     optim = torch.optim.AdamW(
         param_groups(student, job.lr, job.head_lr), weight_decay=job.weight_decay
     )
+    total_steps = max(1, int(round(job.epochs * steps_per_epoch)))
+    restored = ckpts.start(steps_per_epoch, total_steps, student, optim, rng)
     evaluated = _EvalCopy(student, job.zero_stage)  # `student` itself below ZeRO-3
     engine, _, _, _ = deepspeed.initialize(
         model=student,
         optimizer=optim,
-        config=deepspeed_config(job, micro, world, on_gpu=torch.cuda.is_available()),
+        config=deepspeed_config(job, micro, world, on_gpu=assigned_device().startswith("cuda")),
     )
     evaluated.to(engine.device)
     live = student
     layer_idx = torch.tensor(student.layer_map) if (lwd and student.layer_map) else None
-    total_steps = max(1, int(round(job.epochs * steps_per_epoch)))
     eval_steps = job.eval_every * steps_per_epoch if job.eval_every else total_steps
     dev_eval = Evaluator(tokenizer, dev_rows, None, job.max_length, rank, world)
     best: tuple[float, int, dict[str, torch.Tensor] | None] = (-1.0, 0, None)
     history: list[dict[str, float]] = []
     last_parts: dict[str, float] = {}
     step_s = 0.0  # time in training steps alone (benchmarks separate it from fixed costs)
+    first, perm = 1, None
+    if restored is not None:
+        r = restored.state
+        first, best, history, step_s = (
+            r.step + 1,
+            (r.best_score, r.best_step, restored.best),
+            r.history,
+            r.step_s,
+        )
+        perm, t0 = restored.perm, t0 - r.elapsed_s
     engine.train()
-    for step in range(1, total_steps + 1):
+    for step in range(first, total_steps + 1):
         ts = time.perf_counter()
         i = (step - 1) % steps_per_epoch
         if i == 0 and job.batch_size is not None:
@@ -323,6 +366,9 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
                     step,
                     {k: v.detach().cpu().clone() for k, v in live.model.state_dict().items()},
                 )
+        if ckpts.due(step):
+            live = evaluated.refresh()
+            ckpts.save(step, live, best[2], _loop_state(step, best, history, step_s, t0), rng, perm)
     if best[2] is not None:
         live.model.load_state_dict(best[2])
     metrics = Evaluator(tokenizer, test_rows, pairs, job.max_length, rank, world)(live.model)
@@ -336,6 +382,7 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
             "step_s": round(step_s, 3),
             "steps": total_steps,
             "final_loss": last_parts.get("loss", float("nan")),
+            **_resume_metrics(restored),
             **{f"meta_{k}": v for k, v in job.meta.items()},
         }
     )
@@ -356,7 +403,7 @@ def run_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
     return metrics
 
 
-def _run_kind_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any]:
+def _run_kind_job(job: TrainJob, rank: int, world: int, report, ckpts) -> dict[str, Any]:
     """`run_job` for every kind but sequence classification, through `StudentKind`.
 
     Same contract as the classifier path: equal shards, `deepspeed.initialize` with the
@@ -396,22 +443,33 @@ def _run_kind_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any
     optim = torch.optim.AdamW(
         kind_param_groups(model, job.lr, job.head_lr), weight_decay=job.weight_decay
     )
+    total_steps = max(1, int(round(job.epochs * steps_per_epoch)))
+    restored = ckpts.start(steps_per_epoch, total_steps, model, optim, rng)
     evaluated = _EvalCopy(model, job.zero_stage)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optim,
-        config=deepspeed_config(job, micro, world, on_gpu=torch.cuda.is_available()),
+        config=deepspeed_config(job, micro, world, on_gpu=assigned_device().startswith("cuda")),
     )
     evaluated.to(engine.device)
-    total_steps = max(1, int(round(job.epochs * steps_per_epoch)))
     eval_steps = job.eval_every * steps_per_epoch if job.eval_every else total_steps
     best: tuple[float, int, dict[str, torch.Tensor] | None] = (-1.0, 0, None)
     history: list[dict[str, float]] = []
     last_parts: dict[str, float] = {}
     step_s = 0.0
     live = model
+    first, perm = 1, None
+    if restored is not None:
+        r = restored.state
+        first, best, history, step_s = (
+            r.step + 1,
+            (r.best_score, r.best_step, restored.best),
+            r.history,
+            r.step_s,
+        )
+        perm, t0 = restored.perm, t0 - r.elapsed_s
     engine.train()
-    for step in range(1, total_steps + 1):
+    for step in range(first, total_steps + 1):
         ts = time.perf_counter()
         i = (step - 1) % steps_per_epoch
         if i == 0 and job.batch_size is not None:
@@ -434,6 +492,9 @@ def _run_kind_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any
             if m["score"] > best[0]:
                 sd = {k: v.detach().cpu().clone() for k, v in live.state_dict().items()}
                 best = (m["score"], step, sd)
+        if ckpts.due(step):
+            live = evaluated.refresh()
+            ckpts.save(step, live, best[2], _loop_state(step, best, history, step_s, t0), rng, perm)
     if best[2] is not None:
         live.load_state_dict(best[2])
     metrics: dict[str, Any] = kind.metrics(
@@ -452,6 +513,7 @@ def _run_kind_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any
             "step_s": round(step_s, 3),
             "steps": total_steps,
             "final_loss": last_parts.get("loss", float("nan")),
+            **_resume_metrics(restored),
             **{f"meta_{k}": v for k, v in job.meta.items()},
         }
     )
@@ -461,85 +523,3 @@ def _run_kind_job(job: TrainJob, rank: int, world: int, report) -> dict[str, Any
         kind.save(live, ckpt_dir, tokenizer)
     report(metrics, ckpt_dir, history)
     return metrics
-
-
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry: run every job in order on this worker group."""
-    import ray.train
-    import torch.distributed as dist
-    from ray.train import Checkpoint
-
-    torch.set_num_threads(int(config.get("threads_per_worker") or 1))
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    # Where the workers ran, reported with every job (multi-node runs are checked on it).
-    node = ray.get_runtime_context().get_node_id()
-    nodes = [node] * world
-    if world > 1 and dist.is_initialized():
-        dist.all_gather_object(nodes, node)
-    jobs: list[TrainJob] = config["jobs"]
-    dev_scores: list[float] = []
-
-    def report(metrics, ckpt_dir, history):
-        # The running mean over the jobs done so far lets Tune's ASHA stop a trial after
-        # its first seeds instead of only at the end.
-        dev_scores.append(metrics["dev_accuracy"])
-        metrics = dict(
-            metrics,
-            history=history,
-            mean_dev_accuracy=float(np.mean(dev_scores)),
-            jobs_done=len(dev_scores),
-        )
-        if ckpt_dir is not None:
-            # Provenance next to the weights (Ray keeps only scalar-friendly metrics).
-            info = {"worker_nodes": sorted(set(nodes)), "world_size": world, "job": metrics["job"]}
-            with open(os.path.join(ckpt_dir, "raydistill_train.json"), "w") as f:
-                json.dump(info, f)
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(ckpt_dir))
-        else:
-            ray.train.report(metrics)
-
-    for job in jobs:
-        run_job(job, rank, world, report)
-
-
-def fit_jobs(
-    jobs: list[TrainJob],
-    *,
-    num_workers: int,
-    storage_path: str,
-    name: str,
-    use_gpu: bool = False,
-    threads_per_worker: int | None = None,
-    run_callbacks: list | None = None,
-    placement_strategy: str = "PACK",
-) -> list[tuple[dict[str, Any], Any]]:
-    """Run jobs in one TorchTrainer; return [(metrics, Checkpoint)] in job order."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    if threads_per_worker is None:
-        threads_per_worker = max(1, (os.cpu_count() or 1) // max(1, num_workers))
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"jobs": jobs, "threads_per_worker": threads_per_worker},
-        scaling_config=ScalingConfig(
-            num_workers=num_workers, use_gpu=use_gpu, placement_strategy=placement_strategy
-        ),
-        run_config=RunConfig(
-            name=name,
-            storage_path=storage_path,
-            checkpoint_config=CheckpointConfig(num_to_keep=None),
-            failure_config=FailureConfig(max_failures=0),
-            callbacks=run_callbacks,
-        ),
-    )
-    result = trainer.fit()
-    if result.error:
-        raise result.error
-    got = list(result.best_checkpoints or [])
-    by_job = {m["job"]: (m, c) for c, m in got}
-    missing = [j.name for j in jobs if j.name not in by_job]
-    if missing:
-        raise RuntimeError(f"training finished without checkpoints for jobs {missing}")
-    return [by_job[j.name] for j in jobs]

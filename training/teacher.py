@@ -60,7 +60,8 @@ def ensure_teacher(
         return str(dest), info
     import ray
 
-    from raydistill.training.loop import TrainJob, fit_jobs
+    from raydistill.training.fit import fit_jobs
+    from raydistill.training.loop import TrainJob
 
     backbone = resolve_model(t.backbone, cache_dir)
     job = TrainJob(
@@ -79,6 +80,7 @@ def ensure_teacher(
         eval_every=0,
         zero_stage=0,
         seed=t.seed,
+        checkpoint_every=t.checkpoint_every,
     )
     t0 = time.perf_counter()
     log.info("training teacher %s on %d rows", t.backbone, len(train_rows))
@@ -87,6 +89,8 @@ def ensure_teacher(
         num_workers=t.num_workers,
         storage_path=storage_path,
         name=f"teacher-{int(time.time())}",
+        max_failures=t.max_failures,
+        use_gpu=t.use_gpu,
     )
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

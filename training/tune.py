@@ -117,7 +117,17 @@ def _trial(
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
     t0 = time.perf_counter()
-    results = train(cfg, prep=prep, callbacks=[TuneReportCallback()])
+
+    class _JobReports(TuneReportCallback):
+        """One Tune report per finished job: a job's partial (mid-job) checkpoints are
+        fault tolerance, not results, and would shift ASHA's rungs."""
+
+        def after_report(self, run_context, metrics, checkpoint):
+            if metrics and metrics[0].get("partial"):
+                return
+            super().after_report(run_context, metrics, checkpoint)
+
+    results = train(cfg, prep=prep, callbacks=[_JobReports()])
     (out / "trial.json").write_text(
         json.dumps(
             {

@@ -1,0 +1,83 @@
+"""Device/thread decisions from a Ray assignment, checked for assignments this CPU machine
+cannot have (GPU ids, CPU-torch on a GPU node, NOSET_CUDA_VISIBLE_DEVICES)."""
+
+from __future__ import annotations
+
+import pytest
+
+from raydistill.serving.hf_chat import resolve_device_map
+from raydistill.training.devices import (
+    available_cpus,
+    bf16_supported,
+    deepspeed_accelerator_name,
+    describe_assignment,
+    device_for,
+    resolve_device,
+    threads_for_cpus,
+)
+
+
+def test_no_gpu_assigned_means_cpu_even_when_the_node_has_one():
+    assert device_for([], cuda_available=True) == "cpu"
+
+
+def test_one_assigned_gpu_is_cuda_zero_when_ray_narrows_visibility():
+    assert device_for(["3"], cuda_available=True, ray_sets_visible=True) == "cuda"
+
+
+def test_noset_visible_devices_names_the_node_index():
+    assert device_for(["3"], cuda_available=True, ray_sets_visible=False) == "cuda:3"
+
+
+def test_gpu_assigned_to_a_cpu_torch_falls_back_to_cpu():
+    assert device_for([0], cuda_available=False) == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("assigned", "available", "want"),
+    [(None, 16, 16), (4.0, 16, 4), (2.5, 16, 2), (0.5, 16, 1), (0.0, 16, 1), (32, 8, 8)],
+)
+def test_threads_follow_the_assignment_within_the_cores(assigned, available, want):
+    assert threads_for_cpus(assigned, available) == want
+
+
+def test_deepspeed_accelerator_follows_the_gpu_assignment_not_the_node():
+    assert deepspeed_accelerator_name([]) == "cpu"
+    assert deepspeed_accelerator_name(["0"]) == "cuda"
+
+
+@pytest.mark.parametrize(
+    ("device", "cap", "want"),
+    [
+        ("cpu", (9, 0), False),
+        ("cuda", (7, 5), False),
+        ("cuda", (8, 0), True),
+        ("cuda:1", (9, 0), True),
+    ],
+)
+def test_bf16_needs_ampere_or_newer(device, cap, want):
+    assert bf16_supported(device, cap) is want
+
+
+def test_outside_ray_this_machine_uses_its_cpu_and_all_its_cores():
+    assert resolve_device(None) == "cpu"
+    assert resolve_device("cuda:1") == "cuda:1"
+    got = describe_assignment()
+    assert got["gpu_ids"] == [] and got["cpus"] is None
+    assert got["threads"] == available_cpus() >= 1
+
+
+def test_hf_device_map_shards_only_over_several_gpus():
+    assert resolve_device_map(None, 0) is None
+    assert resolve_device_map(None, 1) is None
+    assert resolve_device_map(None, 2) == "auto"
+    assert resolve_device_map("balanced", 1) == "balanced"
+    with pytest.raises(ValueError, match="pool.device_map='auto' needs pool.num_gpus"):
+        resolve_device_map("auto", 0)
+
+
+def test_serve_cli_takes_gpus_and_replicas_per_replica():
+    from raydistill.cluster.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "m=/ckpt", "--num-gpus", "1", "--replicas", "2"])
+    assert (args.num_gpus, args.num_cpus, args.replicas, args.max_replicas) == (1.0, 1.0, 2, None)
