@@ -108,6 +108,16 @@ def deepspeed_config(
     }
 
 
+def _start_state(restored, t0: float):
+    """(first step, best, history, step seconds, permutation, t0) for a fresh job, or for
+    one resumed from a partial checkpoint (its clock moved back by the time already spent)."""
+    if restored is None:
+        return 1, (-1.0, 0, None), [], 0.0, None, t0
+    r = restored.state
+    best = (r.best_score, r.best_step, restored.best)
+    return r.step + 1, best, r.history, r.step_s, restored.perm, t0 - r.elapsed_s
+
+
 class _Batcher:
     """Tokenize once per job; slice tensors per step."""
 
@@ -312,20 +322,9 @@ def run_job(job: TrainJob, rank: int, world: int, report, ckpts=None) -> dict[st
     layer_idx = torch.tensor(student.layer_map) if (lwd and student.layer_map) else None
     eval_steps = job.eval_every * steps_per_epoch if job.eval_every else total_steps
     dev_eval = Evaluator(tokenizer, dev_rows, None, job.max_length, rank, world)
-    best: tuple[float, int, dict[str, torch.Tensor] | None] = (-1.0, 0, None)
-    history: list[dict[str, float]] = []
     last_parts: dict[str, float] = {}
-    step_s = 0.0  # time in training steps alone (benchmarks separate it from fixed costs)
-    first, perm = 1, None
-    if restored is not None:
-        r = restored.state
-        first, best, history, step_s = (
-            r.step + 1,
-            (r.best_score, r.best_step, restored.best),
-            r.history,
-            r.step_s,
-        )
-        perm, t0 = restored.perm, t0 - r.elapsed_s
+    # step_s: time in training steps alone (benchmarks separate it from fixed costs)
+    first, best, history, step_s, perm, t0 = _start_state(restored, t0)
     engine.train()
     for step in range(first, total_steps + 1):
         ts = time.perf_counter()
@@ -453,21 +452,9 @@ def _run_kind_job(job: TrainJob, rank: int, world: int, report, ckpts) -> dict[s
     )
     evaluated.to(engine.device)
     eval_steps = job.eval_every * steps_per_epoch if job.eval_every else total_steps
-    best: tuple[float, int, dict[str, torch.Tensor] | None] = (-1.0, 0, None)
-    history: list[dict[str, float]] = []
     last_parts: dict[str, float] = {}
-    step_s = 0.0
     live = model
-    first, perm = 1, None
-    if restored is not None:
-        r = restored.state
-        first, best, history, step_s = (
-            r.step + 1,
-            (r.best_score, r.best_step, restored.best),
-            r.history,
-            r.step_s,
-        )
-        perm, t0 = restored.perm, t0 - r.elapsed_s
+    first, best, history, step_s, perm, t0 = _start_state(restored, t0)
     engine.train()
     for step in range(first, total_steps + 1):
         ts = time.perf_counter()
