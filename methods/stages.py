@@ -13,7 +13,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -185,11 +185,15 @@ def train_stage(
     out = Path(cfg.out_dir)
     ledger = Ledger(out)
     done = ledger.done(signature)
-    todo = [j for j in jobs if j.name not in done]
+    # checkpoint_every is execution, not what the student learns: set here for every
+    # method, on copies so the caller's jobs stay as built.
+    todo = [
+        replace(j, checkpoint_every=cfg.student.checkpoint_every)
+        for j in jobs
+        if j.name not in done
+    ]
     if done:
         print(f"[raydistill] {len(done)} students already trained, {len(todo)} to go", flush=True)
-    for j in todo:  # fault tolerance is execution, not what the student learns
-        j.checkpoint_every = cfg.student.checkpoint_every
     if todo:
         with sw.stage("train"):
             results = fit_jobs(
