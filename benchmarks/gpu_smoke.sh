@@ -58,9 +58,11 @@ row = json.loads(open(f"{sys.argv[1]}/student/results.jsonl").read().splitlines(
 m = AutoModelForSequenceClassification.from_pretrained(row["checkpoint"])
 n = sum(p.numel() for p in m.parameters())
 assert n > 0 and all(p.numel() > 0 for p in m.parameters()), "ZeRO-3 saved empty tensors"
+if torch.cuda.get_device_capability() >= (8, 0):
+    assert row.get("precision") == "bf16", ("bf16 not enabled on an Ampere+ GPU", row.get("precision"))
 tok = AutoTokenizer.from_pretrained(row["checkpoint"])
 with torch.no_grad():
     logits = m(**tok(["a wonderful film", "a dreadful film"], return_tensors="pt", padding=True)).logits
-print(json.dumps({"params": n, "accuracy": row["accuracy"], "logits": logits.tolist()}))
+print(json.dumps({"params": n, "accuracy": row["accuracy"], "precision": row.get("precision"), "logits": logits.tolist()}))
 PY
 echo "gpu_smoke: OK"

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 
 def _config(args):
@@ -152,6 +153,49 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_rate_kit(args) -> int:
+    from raydistill.cluster.rate_kit import items_from_explain_run, make_kit, read_items
+
+    if bool(args.items) == bool(args.run):
+        raise SystemExit("raydistill: error: give exactly one of --items FILE or --run DIR")
+    if args.items:
+        items = read_items(args.items, kit=args.kit)
+    else:
+        from raydistill.config import load_config
+        from raydistill.pipelines.datasets import load_split
+
+        cfg = load_config(Path(args.run) / "config.yaml")
+        rows = load_split(cfg.data, "train")
+        items = items_from_explain_run(args.run, rows, kit=args.kit)
+    key = make_kit(
+        items,
+        args.out,
+        kit=args.kit,
+        raters=args.raters,
+        per_rater=args.per_rater,
+        raters_per_item=args.raters_per_item,
+        seed=args.seed,
+    )
+    systems = sorted({v["system"] for v in key["items"].values()})
+    print(
+        f"[raydistill] rating kit {args.kit!r}: {args.raters} pages × {args.per_rater} items "
+        f"({len(key['items'])} distinct; systems {', '.join(systems)}) in {args.out}; "
+        "send rater_<i>.html, keep key.json"
+    )
+    return 0
+
+
+def cmd_rate_import(args) -> int:
+    from raydistill.cluster.rate_kit import import_ratings, render_table
+
+    result = import_ratings(args.kit_dir, args.files)
+    out = Path(args.kit_dir)
+    (out / "ratings.json").write_text(json.dumps(result, indent=1))
+    (out / "ratings.md").write_text(render_table(result))
+    print(render_table(result))
+    return 0 if result["ratings"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raydistill", description=__doc__.split("\n")[0])
     p.add_argument("-v", "--verbose", action="store_true")
@@ -194,6 +238,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--replicas", type=int, default=1, help="replicas at start (min)")
     sp.add_argument("--max-replicas", type=int, help="autoscale up to this many")
     sp.set_defaults(fn=cmd_serve)
+    kp = sub.add_parser("rate-kit", help="blind human-rating pages for explanations")
+    kp.add_argument("--items", help="JSONL: question, choices, answer, explanation, system")
+    kp.add_argument("--run", help="an explain run folder (human, teacher original/revised)")
+    kp.add_argument("--out", required=True, help="folder for rater_<i>.html, items.csv, key.json")
+    kp.add_argument("--kit", default="kit", help="kit name (checked on import)")
+    kp.add_argument("--raters", type=int, default=4)
+    kp.add_argument("--per-rater", type=int, default=12)
+    kp.add_argument("--raters-per-item", type=int, default=2)
+    kp.add_argument("--seed", type=int, default=0)
+    kp.set_defaults(fn=cmd_rate_kit)
+    ip = sub.add_parser("rate-import", help="returned rating files → table (ratings.md/json)")
+    ip.add_argument("kit_dir", help="the folder rate-kit wrote (with key.json)")
+    ip.add_argument("files", nargs="+", help="ratings_*.json / .csv from the raters")
+    ip.set_defaults(fn=cmd_rate_import)
     return p
 
 
@@ -204,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from raydistill.cluster.rate_kit import KitError
     from raydistill.config import ConfigError
     from raydistill.pipelines.datasets import DataError
     from raydistill.pipelines.kshot import KShotError
@@ -212,7 +271,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.fn(args)
-    except (ConfigError, DataError, KShotError, UnknownTaskError, UnknownModelError) as e:
+    except (
+        ConfigError,
+        DataError,
+        KShotError,
+        UnknownTaskError,
+        UnknownModelError,
+        KitError,
+    ) as e:
         print(f"raydistill: error: {e}", file=sys.stderr)
         return 2
 

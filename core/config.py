@@ -25,6 +25,8 @@ from raydistill.recipes import (  # noqa: F401  (re-exported: the config API)
 )
 
 POOLINGS = ("mean", "native")
+# serving/teacher_pool.BACKENDS, named here so a typo fails when the recipe loads.
+POOL_BACKENDS = ("vllm", "hf", "openai")
 
 
 def _non_negative(key: str, value: float) -> None:
@@ -155,6 +157,9 @@ class PoolConfig:
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
     # Extra environment for the vLLM replica and engine (merged over the CPU defaults).
     env_vars: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _one_of("pool.backend", self.backend, POOL_BACKENDS)
 
 
 @dataclass
@@ -405,12 +410,36 @@ class RunConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
+    def __post_init__(self) -> None:
+        _check_out_dir(self.out_dir)
+
     def resolved_cache_dir(self) -> Path:
         d = self.cache_dir or os.environ.get("RAYDISTILL_CACHE") or "~/.cache/raydistill"
         return Path(d).expanduser().resolve()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _check_out_dir(out_dir: Any) -> None:
+    """A run folder is created, written and (on rerun) trusted: refuse values that are
+    not a plain folder path. A relative path that climbs out of the working directory
+    (`../../etc`) is refused: recipes travel with `ray job submit`, and where `..` lands
+    depends on the node's working directory; an absolute path says what is meant."""
+    if not isinstance(out_dir, str) or not out_dir.strip():
+        raise ConfigError(f"out_dir: a folder path is required, got {out_dir!r}")
+    if "\x00" in out_dir:
+        raise ConfigError("out_dir: contains a NUL byte")
+    if "://" in out_dir:
+        return  # a URI: storage checks say what is allowed (cluster/storage.py)
+    p = Path(out_dir)
+    if not p.is_absolute() and ".." in p.parts:
+        raise ConfigError(
+            f"out_dir: {out_dir!r} climbs out of the working directory ('..'); "
+            "give an absolute path if that folder is meant"
+        )
+    if p.is_absolute() and p.resolve() == Path(p.anchor):
+        raise ConfigError(f"out_dir: {out_dir!r} is a filesystem root")
 
 
 # Keys that moved; an old recipe gets an error naming the new place.

@@ -152,12 +152,31 @@ def resolve_model(name: str, cache_dir: str | Path | None = None) -> str:
     p = Path(name).expanduser()
     if p.exists():
         return str(p.resolve())
-    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name):
+    if _HUB_ID.fullmatch(name):
         return name  # a Hub id; loading it needs network access
-    raise UnknownModelError(
-        f"unknown model {name!r}: not a registered name, an existing folder or a Hub id "
-        f"(org/name). Known names: {', '.join(known_models())}"
+    raise UnknownModelError(_unknown(name))
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _unknown(name: str, field: str | None = None) -> str:
+    where = f"{field}: " if field else ""
+    return (
+        f"{where}unknown model {name!r}: not a registered name, an existing folder or a Hub "
+        f"id (org/name). Known names: {', '.join(known_models())}"
     )
+
+
+def check_model_name(name: str, field: str) -> None:
+    """Raise UnknownModelError (naming the config field) where `resolve_model` would,
+    without building or materializing anything: the fail-fast check runs before Ray."""
+    if not isinstance(name, str) or not name:
+        raise UnknownModelError(f"{field}: a model name is required, got {name!r}")
+    if name in BUNDLED or name in TINY or Path(name).expanduser().exists():
+        return
+    if not _HUB_ID.fullmatch(name):
+        raise UnknownModelError(_unknown(name, field))
 
 
 # ------------------------------------------------------------------ tiny random models

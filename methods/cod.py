@@ -66,6 +66,7 @@ def validate(cfg: RunConfig) -> None:
     if not isinstance(cfg.method, CodConfig):
         raise ConfigError(f"method.name must be 'cod' for this method, got {cfg.method.name!r}")
     check_arms(cfg.experiment.arms)
+    stages.check_model_names(cfg, pool=not cfg.method.human_counterfactuals)
     from raydistill.pipelines.tasks import spec_for
 
     kind = spec_for(cfg.data).kind
@@ -110,8 +111,10 @@ def prepare(cfg: RunConfig, sw: Stopwatch | None = None) -> Prepared:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     splits = stages.load_splits(cfg, sw)
-    teacher = stages.teacher_stage(cfg, splits, sw)
+    # The k-shot plan before the teacher: an infeasible k fails in seconds, not after
+    # minutes of teacher training.
     plan = draws(cfg, splits.train, splits.spec.num_labels)
+    teacher = stages.teacher_stage(cfg, splits, sw)
     needs_hidden = any(ARMS[m].lwd for m in cfg.experiment.arms)
     kshot = {r["id"]: r for rows in plan.values() for r in rows}
     ann = stages.annotate_stage(
@@ -363,6 +366,7 @@ def _result_row(job: Any, metrics: dict[str, Any]) -> dict[str, Any]:
         "originals": job.meta["originals"],
         "counterfactuals": job.meta["counterfactuals"],
         "train_s": metrics["train_s"],
+        "precision": metrics.get("precision"),
     }
 
 

@@ -70,6 +70,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(
             f"student.kind: explanation students are seq2seq or causal_lm, got {cfg.student.kind}"
         )
+    stages.check_model_names(cfg, teacher=False)
 
 
 @dataclass

@@ -35,6 +35,26 @@ class RunStart:
     t0: float
 
 
+def check_model_names(
+    cfg: RunConfig, *, teacher: bool = True, pool: bool = True, extra: dict | None = None
+) -> None:
+    """Every model name a run will load, checked before the first expensive stage (a
+    typo in `pool.model` used to surface only after the teacher had trained). Only the
+    name is checked (registered, tiny-*, an existing folder or a Hub id); nothing loads.
+    `pool.model` of an OpenAI-compatible server is the server's own name: not checked."""
+    from raydistill.registry import check_model_name
+
+    names = {"student.backbone": cfg.student.backbone}
+    if teacher:
+        names["teacher.backbone"] = cfg.teacher.backbone
+    if pool and cfg.pool.backend != "openai":
+        names["pool.model"] = cfg.pool.model
+    names.update(extra or {})
+    for key, name in names.items():
+        if name is not None:
+            check_model_name(name, key)
+
+
 def start_run(cfg: RunConfig, validate: Callable[[RunConfig], None]) -> RunStart:
     """Validate, join or start Ray, check storage, create the run folder, save the config.
 

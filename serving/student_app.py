@@ -43,6 +43,7 @@ from typing import Any
 from ray import serve
 
 from .metrics import BatchStats, ShadowSampler, ShadowStats, labels_agree
+from .request_inputs import input_blank, input_chars, input_encodable
 from .student_kinds import (
     CLASSIFY,
     ENDPOINT_OF_KIND,
@@ -321,12 +322,18 @@ class StudentAPI(_ModelHost):
             )
         fmt = str(self._meta[model].get("prompt_format") or "{text}")
         for i, item in enumerate(inputs):
-            n = _chars(item)
+            n = input_chars(item)
             if n > self.max_chars:
                 raise HTTPException(
                     status_code=413,
                     detail=f"inputs[{i}] has {n} characters; the limit is "
                     f"{self.max_chars} characters per input",
+                )
+            if not input_encodable(item):
+                # JSON may carry lone surrogates ("\ud800"); tokenizers cannot take them.
+                raise HTTPException(
+                    status_code=422,
+                    detail=f"inputs[{i}] is not valid Unicode text (a lone surrogate?)",
                 )
             if endpoint == "classify":
                 continue  # an empty text is a valid (if uninformative) thing to classify
@@ -342,7 +349,7 @@ class StudentAPI(_ModelHost):
                         f"format {fmt!r}: send an object with the fields {input_fields(fmt)}",
                     )
                 continue
-            missing = [f for f in input_fields(fmt) if _blank(item.get(f))]
+            missing = [f for f in input_fields(fmt) if input_blank(item.get(f))]
             if missing:
                 raise HTTPException(
                     status_code=422,
@@ -372,26 +379,6 @@ class StudentAPI(_ModelHost):
         except Exception:
             logger.exception("shadow scoring by the teacher failed")
             self.stats.record_error(model)
-
-
-def _chars(item: Any) -> int:
-    """Characters of an input: a string, a list of strings, or an object of those."""
-    if isinstance(item, str):
-        return len(item)
-    if isinstance(item, list):
-        return sum(_chars(v) for v in item)
-    if isinstance(item, dict):
-        return sum(_chars(v) for v in item.values())
-    return 0
-
-
-def _blank(value: Any) -> bool:
-    """A missing field, an empty or whitespace string, or a list of only such strings."""
-    if isinstance(value, str):
-        return not value.strip()
-    if isinstance(value, list):
-        return all(_blank(v) for v in value)
-    return True
 
 
 # --------------------------------------------------------------------------- builders

@@ -129,7 +129,9 @@ class StudentTagger:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         if not self.tokenizer.is_fast:
             raise ValueError(f"{model_dir}: tagging needs a fast tokenizer (word ids)")
-        self.model = AutoModelForTokenClassification.from_pretrained(self.model_dir)
+        self.model = AutoModelForTokenClassification.from_pretrained(
+            self.model_dir, use_safetensors=True
+        )
         if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -245,7 +247,7 @@ class StudentGenerator:
         self.mode = str(self.meta.get("mode") or "answer")
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         auto = AutoModelForSeq2SeqLM if self.kind == SEQ2SEQ else AutoModelForCausalLM
-        self.model = auto.from_pretrained(self.model_dir)
+        self.model = auto.from_pretrained(self.model_dir, use_safetensors=True)
         if self.tokenizer.pad_token is None:
             if self.tokenizer.eos_token is None:
                 raise ValueError(f"{model_dir}: the tokenizer has neither pad nor eos token")

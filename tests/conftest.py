@@ -58,3 +58,18 @@ def start_local_ray():
 @pytest.fixture(scope="module")
 def ray_session():
     yield start_local_ray()
+
+
+@pytest.fixture()
+def no_session_ray(monkeypatch):
+    """For tests that start their own cluster shape (`ray start`, cluster_utils)."""
+    import ray
+
+    # Ray 2.60 enables token auth for local clusters once a token exists (~/.ray); the
+    # clients in this process must then send it too.
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    if ray.is_initialized():
+        ray.shutdown()
+    yield
+    if ray.is_initialized():
+        ray.shutdown()

@@ -117,3 +117,92 @@ def test_roofline_peak_is_the_best_rate_measured():
     roof = {"peak": 200e9, "decode_ceiling": [{"flops_per_s": 120e9}]}
     use_best_peak(roof, params=1e9)
     assert roof["peak"] == 200e9 and "peak_square" not in roof and roof["tokens_per_s"] == 100.0
+
+
+def _weakness_report(kind: str = "classification"):
+    # Seeds 0/1: few-shot 0.50/0.60; loop 0.70/0.72; random 0.65/0.74; human 0.80/0.85.
+    per_loop = []
+    for arm, scores in {
+        "loop": [0.70, 0.72],
+        "random": [0.65, 0.74],
+        "human": [0.80, 0.85],
+    }.items():
+        for seed, sc in enumerate(scores):
+            per_loop.append(
+                {
+                    "arm": arm,
+                    "k": 32,
+                    "seed": seed,
+                    "best_round": 1,
+                    "rounds_run": 2,
+                    "test_score": sc,
+                    "dev_score": sc,
+                    "train_size": 64,
+                    "baseline_test_score": [0.50, 0.60][seed],
+                }
+            )
+    return {
+        "task_kind": kind,
+        "metric": "accuracy",
+        "per_loop": per_loop,
+        "rounds": [
+            {
+                "loop": "loop-k32-s0",
+                "asked": 10,
+                "parsed": 8,
+                "label_verified": 6,
+                "accepted": 4,
+                "rejects": {"label_disagrees": 2, "unparsable": 2},
+            },
+        ],
+    }
+
+
+def test_weakness_targets_are_computed_per_seed_and_can_be_missed():
+    from benchmarks.weakness_table import render, targets
+
+    t = {x["target"]: x for x in targets(_weakness_report())}
+    gain = t["loop − few-shot (points)"]
+    assert abs(gain["value"] - 16.0) < 1e-9 and gain["met"]  # (0.20 + 0.12) / 2
+    ratio = t["loop / human labels at equal size"]
+    assert abs(ratio["value"] - 0.71 / 0.825) < 1e-9 and not ratio["met"]
+    vs_random = t["loop − random seeding (points)"]
+    assert abs(vs_random["value"] - 1.5) < 1e-9 and vs_random["met"]  # (0.05 - 0.02) / 2
+    md = render({"sst2": _weakness_report()}, {"sst2": "cmd"}, {"sst2": 12.0})
+    assert "| fewshot | 50.0 | 60.0 | 55.0 |" in md
+    assert "| loop / human labels at equal size | 0.92 | ≥ 0.90 | met |" not in md
+    assert "**missed**" in md and "label_disagrees 2, unparsable 2" in md
+    ner = targets(_weakness_report("token_classification"))
+    assert [x["target"] for x in ner] == ["loop − few-shot (entity-F1 points)"]
+
+
+def test_fault_runner_keeps_verdicts_and_fault_figures():
+    from benchmarks.faults import parse, render
+
+    out = "\n".join(
+        [
+            "tests/test_faults_pool.py::test_hf_replica_killed ",
+            '\x1b[36mFAULT hf-kill: {"missing": 0, "dup": 0, "seeds": 24}\x1b[0m',
+            "FAULT worker-kill: killed worker 1 after partial_0001_0000120_x; fit 9.0s",
+            "FAULT 1 hf replica actor killed: {\"dup\": 0}",
+            "PASSED",
+            "=== short test summary info ===",
+            "PASSED tests/test_faults_pool.py::test_hf_replica_killed",
+            "FAILED tests/test_train_faults.py::test_worker_killed - AssertionError: 0 < 0",
+        ]
+    )
+    got = parse(out)
+    assert got["verdicts"] == {
+        "tests/test_faults_pool.py::test_hf_replica_killed": "PASSED",
+        "tests/test_train_faults.py::test_worker_killed": "FAILED",
+    }
+    assert got["faults"][0] == {
+        "fault": "hf-kill",
+        "figures": {"missing": 0, "dup": 0, "seeds": 24},
+    }
+    assert got["faults"][1]["figures"].startswith("killed worker 1")
+    assert got["faults"][2] == {"fault": "1 hf replica actor killed", "figures": {"dup": 0}}
+    md = render(
+        {"command": "c", "date": "d", "wall_s": 1, "load_average": [0], "returncode": 1, **got}
+    )
+    assert "| `tests/test_train_faults.py::test_worker_killed` | FAILED |" in md

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,6 +175,14 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         (("run", "recipes/smoke-cod.yaml", "data.task=nosuchtask"), "unknown task"),
         # (Before the move this one was a raw ValueError traceback.)
         (("run", "recipes/smoke-cod.yaml", "experiment.arms=[kd,zz]"), "zz"),
+        # Fail fast (issue 14): names checked before Ray starts or a teacher trains.
+        (("run", "recipes/smoke-cod.yaml", "pool.backend=tgi"), "pool.backend: 'tgi'"),
+        (("run", "recipes/sst2-cod.yaml", "pool.model=nosuchmodel"), "pool.model: unknown"),
+        (("run", "recipes/smoke-cod.yaml", "student.backbone=nope"), "student.backbone"),
+        (
+            ("run", "recipes/smoke-weakness.yaml", "method.embedding_model=nope"),
+            "method.embedding_model",
+        ),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_error_line(args, message):
@@ -186,3 +195,24 @@ def test_cli_bad_input_exits_2_with_one_error_line(args, message):
 def test_cli_help_exits_0():
     p = _cli("--help")
     assert p.returncode == 0 and "run" in p.stdout
+
+
+@pytest.mark.parametrize("method, recipe", [("cod", "smoke-cod"), ("weakness", "smoke-weakness")])
+def test_infeasible_k_fails_before_the_teacher_trains(method, recipe, monkeypatch, tmp_path):
+    """`k=100000 needs ... examples` used to come after minutes of teacher training."""
+    import importlib
+
+    from raydistill.config import load_config
+    from raydistill.methods import stages
+    from raydistill.pipelines.kshot import KShotError
+
+    def teacher_stage(*a, **kw):
+        raise AssertionError("the teacher stage ran before the k-shot check")
+
+    monkeypatch.setattr(stages, "teacher_stage", teacher_stage)
+    cfg = load_config(
+        Path(__file__).resolve().parents[1] / "recipes" / f"{recipe}.yaml",
+        [f"out_dir={tmp_path}", "experiment.ks=[100000]"],
+    )
+    with pytest.raises(KShotError, match="100000"):
+        importlib.import_module(f"raydistill.methods.{method}").prepare(cfg)

@@ -6,6 +6,7 @@ so they first disconnect from the session cluster; later tests reconnect lazily.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -28,20 +29,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture()
-def no_session_ray(monkeypatch):
-    import ray
-
-    # Ray 2.60 enables token auth for local clusters once a token exists (~/.ray); the
-    # clients in this process must then send it too.
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    if ray.is_initialized():
-        ray.shutdown()
-    yield
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 @pytest.fixture()
@@ -82,9 +69,29 @@ def head_node(tmp_path, no_session_ray, wheel_site):
     try:
         yield f"http://127.0.0.1:{dash}", env, wheel_site
     finally:
-        subprocess.run(
-            [str(VENV_BIN / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120
-        )
+        _stop_processes_under(tmp)
+
+
+def _stop_processes_under(temp_dir: Path) -> None:
+    """Stop this head node's processes only. `ray stop` (with or without --force) kills
+    every Ray process on the machine, including other users' clusters and jobs; the
+    processes of this head all name its own --temp-dir on their command lines."""
+    import psutil
+
+    mine = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(temp_dir) in part for part in p.info["cmdline"] or []):
+                mine.append(p)
+        except psutil.Error:
+            continue
+    for p in mine:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(mine, timeout=20)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 
 
 def test_job_submission_runs_smoke_job(head_node, tmp_path):

@@ -117,8 +117,28 @@ def test_method_section_is_tagged():
         ("method.counterfactuals.swap_words=[3, 0]", r"method\.counterfactuals\.swap_words"),
         ("student.pooling=max", r"student\.pooling: 'max' is not one of mean, native"),
         ("teacher.pooling=cls", r"teacher\.pooling"),
+        ("pool.backend=tgi", r"pool\.backend: 'tgi' is not one of vllm, hf, openai"),
+        ("out_dir=../../etc/x", r"out_dir: '\.\./\.\./etc/x' climbs out"),
+        ("out_dir=runs/../../x", r"climbs out"),
+        ("out_dir=/", r"filesystem root"),
+        ("out_dir=''", r"out_dir: a folder path is required"),
     ],
 )
 def test_bad_choices_are_named(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_ordinary_out_dirs_and_uris_pass(tmp_path):
+    for ok in ("runs/x", "./runs/x", str(tmp_path / "a" / ".." / "b"), "s3://bucket/run"):
+        assert load_config(None, [f"out_dir={ok}"]).out_dir == ok
+
+
+def test_model_names_are_checked_without_loading_anything(tmp_path):
+    from raydistill.registry import UnknownModelError, check_model_name
+
+    for ok in ("all-minilm-l6-v2", "tiny-llama", "google/flan-t5-base", str(tmp_path)):
+        check_model_name(ok, "student.backbone")
+    for bad in ("nosuchmodel", "", "a/b/c", None):
+        with pytest.raises(UnknownModelError, match="student.backbone"):
+            check_model_name(bad, "student.backbone")

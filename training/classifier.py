@@ -43,7 +43,10 @@ class Classifier:
         self.model_dir = str(model_dir)
         self.device = resolve_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.model_dir)
+        # safetensors only: a pickled checkpoint (pytorch_model.bin) is refused, not unpickled.
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            self.model_dir, use_safetensors=True
+        )
         if self.tokenizer.pad_token is None and self.tokenizer.eos_token is not None:
             # Decoder-style classifiers (GPT/Llama heads) ship without a pad token.
             self.tokenizer.pad_token = self.tokenizer.eos_token

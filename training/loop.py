@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from raydistill.telemetry import TRAIN_LOSS, set_gauge
-from raydistill.training.devices import assigned_device
+from raydistill.training.devices import assigned_device, bf16_supported
 from raydistill.training.evaluation import Evaluator, evaluate  # noqa: F401  (re-exported)
 from raydistill.training.losses import distill_loss
 from raydistill.training.students import DistillStudent
@@ -85,8 +85,10 @@ def _get(x: Any) -> Any:
 
 
 def deepspeed_config(
-    job: TrainJob, micro_batch: int, world: int, on_gpu: bool = False
+    job: TrainJob, micro_batch: int, world: int, on_gpu: bool = False, bf16: bool = False
 ) -> dict[str, Any]:
+    """`bf16`: train in bfloat16 (GPUs with bf16 tensor cores, `devices.bf16_supported`);
+    the losses are computed in fp32 either way."""
     zero: dict[str, Any] = {"stage": job.zero_stage}
     if job.zero_stage > 0 and not on_gpu:
         # Overlapping reduction with backward needs CUDA streams; on CPU (gloo) it and the
@@ -102,10 +104,17 @@ def deepspeed_config(
         "zero_allow_untested_optimizer": True,
         "gradient_clipping": 1.0,
         "fp16": {"enabled": False},
-        "bf16": {"enabled": False},
+        "bf16": {"enabled": bool(bf16 and on_gpu)},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def _ds_config(job: TrainJob, micro_batch: int, world: int) -> dict[str, Any]:
+    """The DeepSpeed config for this worker's Ray assignment (bf16 on Ampere+ GPUs)."""
+    device = assigned_device()
+    on_gpu = device.startswith("cuda")
+    return deepspeed_config(job, micro_batch, world, on_gpu=on_gpu, bf16=bf16_supported(device))
 
 
 def _start_state(restored, t0: float):
@@ -315,7 +324,7 @@ def run_job(job: TrainJob, rank: int, world: int, report, ckpts=None) -> dict[st
     engine, _, _, _ = deepspeed.initialize(
         model=student,
         optimizer=optim,
-        config=deepspeed_config(job, micro, world, on_gpu=assigned_device().startswith("cuda")),
+        config=_ds_config(job, micro, world),
     )
     evaluated.to(engine.device)
     live = student
@@ -342,13 +351,13 @@ def run_job(job: TrainJob, rank: int, world: int, report, ckpts=None) -> dict[st
             else None
         )
         loss, last_parts = distill_loss(
-            logits,
+            logits.float(),
             data.labels[idx].to(dev),
             data.t_logits[idx].to(dev) if data.t_logits is not None else None,
             alpha=job.alpha,
             temperature=job.temperature,
             beta=job.beta,
-            projected_student_hidden=proj,
+            projected_student_hidden=None if proj is None else proj.float(),
             teacher_hidden=t_hidden,
         )
         engine.backward(loss)
@@ -381,6 +390,7 @@ def run_job(job: TrainJob, rank: int, world: int, report, ckpts=None) -> dict[st
             "step_s": round(step_s, 3),
             "steps": total_steps,
             "final_loss": last_parts.get("loss", float("nan")),
+            "precision": "bf16" if engine.bfloat16_enabled() else "fp32",
             **_resume_metrics(restored),
             **{f"meta_{k}": v for k, v in job.meta.items()},
         }
@@ -448,7 +458,7 @@ def _run_kind_job(job: TrainJob, rank: int, world: int, report, ckpts) -> dict[s
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optim,
-        config=deepspeed_config(job, micro, world, on_gpu=assigned_device().startswith("cuda")),
+        config=_ds_config(job, micro, world),
     )
     evaluated.to(engine.device)
     eval_steps = job.eval_every * steps_per_epoch if job.eval_every else total_steps
@@ -500,6 +510,7 @@ def _run_kind_job(job: TrainJob, rank: int, world: int, report, ckpts) -> dict[s
             "step_s": round(step_s, 3),
             "steps": total_steps,
             "final_loss": last_parts.get("loss", float("nan")),
+            "precision": "bf16" if engine.bfloat16_enabled() else "fp32",
             **_resume_metrics(restored),
             **{f"meta_{k}": v for k, v in job.meta.items()},
         }

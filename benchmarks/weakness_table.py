@@ -1,0 +1,247 @@
+"""The weakness-loop table: arms × seeds per task, against the issue's targets.
+
+    python -m benchmarks.weakness_table                          # sst2 (the recipe's grid)
+    python -m benchmarks.weakness_table --tasks sst2 conll       # more tasks
+    python -m benchmarks.weakness_table --from-run sst2=runs/sst2-weakness   # a finished run
+
+Every task is a run of its recipe (`recipes/<task>-weakness.yaml`) through the same
+`methods.weakness.run` entry the CLI calls, so the table measures what users run; or
+`--from-run` reads a finished run's `report.json` (e.g. from `raydistill run`). The
+arms are the recipe's: `loop` (error-proportional seeding + diversity filter), `random`
+(uniform seeding), `nodiv` (no diversity filter) and `human` (the same number of
+human-labelled rows instead of generated ones); `fewshot` is round 0, shared by all.
+Targets are checked and printed as met or missed; nothing here tunes a run to meet them.
+Writes `benchmarks/results/weakness_table.{md,json}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+RECIPES = {
+    "sst2": "sst2-weakness.yaml",
+    "conll": "conll-weakness.yaml",
+    "bbc-summary": "bbc-summary-weakness.yaml",
+}
+
+
+def run_task(name: str, extra: list[str]) -> tuple[dict[str, Any], float]:
+    from raydistill.config import load_config
+    from raydistill.methods.weakness import run
+
+    cfg = load_config(
+        ROOT / "recipes" / RECIPES[name],
+        [f"out_dir={ROOT / 'benchmarks' / 'runs' / (name + '-weakness')}", *extra],
+    )
+    t0 = time.perf_counter()
+    report = run(cfg)
+    return report, time.perf_counter() - t0
+
+
+def per_seed(report: dict[str, Any]) -> dict[str, dict[int, float]]:
+    """arm → seed → test score of the kept round; `fewshot` from round 0 (first k only:
+    the targets are stated at one k)."""
+    rows = report["per_loop"]
+    k = min(r["k"] for r in rows)
+    out: dict[str, dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        if r["k"] != k:
+            continue
+        out[r["arm"]][int(r["seed"])] = float(r["test_score"])
+        out["fewshot"][int(r["seed"])] = float(r["baseline_test_score"])
+    return dict(out)
+
+
+def _mean(xs) -> float:
+    xs = list(xs)
+    return float(np.mean(xs)) if xs else float("nan")
+
+
+def _paired(a: dict[int, float], b: dict[int, float]) -> list[float]:
+    return [a[s] - b[s] for s in sorted(set(a) & set(b))]
+
+
+def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets for this task kind, each with its value and met/missed."""
+    s = per_seed(report)
+    kind = report["task_kind"]
+    loop, few = s.get("loop", {}), s.get("fewshot", {})
+    out = []
+
+    def add(name: str, value: float, goal: str, met: bool) -> None:
+        out.append({"target": name, "value": value, "goal": goal, "met": bool(met)})
+
+    gain = _mean(_paired(loop, few))
+    if kind == "classification":
+        add("loop − few-shot (points)", 100 * gain, "≥ +10", gain >= 0.10)
+        if s.get("human"):
+            ratio = _mean(loop.values()) / _mean(s["human"].values())
+            add("loop / human labels at equal size", ratio, "≥ 0.90", ratio >= 0.90)
+        if s.get("random"):
+            d = _mean(_paired(loop, s["random"]))
+            add("loop − random seeding (points)", 100 * d, "> 0", d > 0)
+    elif kind == "token_classification":
+        add("loop − few-shot (entity-F1 points)", 100 * gain, "≥ +5", gain >= 0.05)
+    else:
+        kept = [r for r in report["per_loop"] if r["arm"] != "human"]
+        above = sum(r["test_score"] > r["baseline_test_score"] for r in kept)
+        add(
+            "loops whose kept round beats few-shot ROUGE-L",
+            above,
+            f"= {len(kept)}",
+            above == len(kept),
+        )
+    return out
+
+
+def render(tables: dict[str, dict], commands: dict[str, str], wall: dict[str, float]) -> str:
+    lines = [
+        "# Weakness-targeted augmentation: arms × seeds",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores. Each cell: the test "
+        "score of the round a loop keeps (best **dev** score; the test split is never "
+        "used for selection). `fewshot` = round 0 (the k labelled seeds), shared by every "
+        "arm; `human` = the same number of human-labelled rows as the loop arm kept.",
+        "",
+    ]
+    for name, rep in tables.items():
+        s = per_seed(rep)
+        seeds = sorted({sd for v in s.values() for sd in v})
+        metric = rep["metric"]
+        lines += [
+            f"## {name} ({rep['task_kind']}, test {metric})",
+            "",
+            f"Command: `{commands.get(name, '?')}`; wall time {wall.get(name, '?')} s; "
+            f"LLM tokens generated {rep.get('llm_generated_tokens', '?')}; "
+            f"teacher {json.dumps((rep.get('teacher') or {}).get('test_accuracy'))}.",
+            "",
+            "| arm | " + " | ".join(f"seed {x}" for x in seeds) + " | mean | sd | vs few-shot |",
+            "|---|" + "---|" * (len(seeds) + 3),
+        ]
+        few = s.get("fewshot", {})
+        order = ["fewshot", "loop", "random", "nodiv", "human"]
+        for arm in [a for a in order if a in s] + [a for a in s if a not in order]:
+            v = s[arm]
+            xs = [v[x] for x in seeds if x in v]
+            sd = float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+            d = _mean(_paired(v, few))
+            cells = " | ".join(f"{100 * v[x]:.1f}" if x in v else "–" for x in seeds)
+            lines.append(
+                f"| {arm} | {cells} | {100 * _mean(xs):.1f} | {100 * sd:.1f} | {100 * d:+.1f} |"
+            )
+        kept = defaultdict(list)
+        for r in rep["per_loop"]:
+            kept[r["arm"]].append(f"r{r['best_round']}/{r['rounds_run']} ({r['train_size']})")
+        lines += ["", "Kept round / rounds run (training-set size) per seed:", ""]
+        lines += [f"- {a}: {', '.join(v)}" for a, v in sorted(kept.items())]
+        lines += ["", "| target | value | goal | |", "|---|---|---|---|"]
+        for t in targets(rep):
+            v = t["value"]
+            lines.append(
+                f"| {t['target']} | {v:.2f} | {t['goal']} | {'met' if t['met'] else '**missed**'} |"
+            )
+        gen = defaultdict(lambda: defaultdict(int))
+        for r in rep.get("rounds", []):
+            arm = r["loop"].split("-k")[0]
+            for key in ("asked", "parsed", "label_verified", "accepted", "generated_tokens"):
+                gen[arm][key] += int(r.get(key) or 0)
+            gen[arm]["seconds"] += float(r.get("seconds") or 0)
+            for reason, n in r.get("rejects", {}).items():
+                gen[arm]["reject:" + reason] += n
+        if gen:
+            lines += ["", "Generation over all rounds and seeds:", ""]
+            for arm, c in sorted(gen.items()):
+                rej = ", ".join(
+                    f"{k[7:]} {v}" for k, v in sorted(c.items()) if k.startswith("reject:")
+                )
+                rate = c["generated_tokens"] / c["seconds"] if c["seconds"] else float("nan")
+                lines.append(
+                    f"- {arm}: asked {c['asked']}, parsed {c['parsed']}, label verified "
+                    f"{c['label_verified']}, accepted {c['accepted']}; rejects: {rej or 'none'}; "
+                    f"{c['generated_tokens']} tokens in {c['seconds']:.0f} s of round "
+                    f"generation = {rate:.0f} tok/s (scoring, verification and selection "
+                    "included: a lower bound on the pool's rate)"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tasks", nargs="+", default=["sst2"], choices=list(RECIPES))
+    p.add_argument(
+        "--from-run",
+        nargs="*",
+        default=[],
+        metavar="TASK=DIR",
+        help="read a finished run's report.json instead of running the recipe",
+    )
+    p.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for every run")
+    p.add_argument("--run-command", default=None, help="the command that made a --from-run run")
+    p.add_argument("--tag", default="weakness_table")
+    args = p.parse_args(argv)
+    command = "python -m benchmarks.weakness_table " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{args.tag}.json"
+    prev = json.loads(path.read_text()) if path.exists() else {}
+    tables, commands, wall = (
+        prev.get("tables", {}),
+        prev.get("commands", {}),
+        prev.get("wall_s", {}),
+    )
+    if args.from_run:
+        for item in args.from_run:
+            name, _, folder = item.partition("=")
+            if name not in RECIPES or not folder:
+                p.error(f"--from-run {item!r}: expected TASK=DIR with TASK in {list(RECIPES)}")
+            rep_path = Path(folder) / "report.json"
+            if not rep_path.is_file():
+                p.error(f"--from-run {item!r}: {rep_path} not found (has the run finished?)")
+            rep = json.loads(rep_path.read_text())
+            tables[name] = rep
+            wall[name] = (rep.get("timings") or {}).get("total", "?")
+            commands[name] = (args.run_command or f"raydistill run recipes/{RECIPES[name]}") + (
+                f"; then `{command}`"
+            )
+    else:
+        for name in args.tasks:
+            rep, secs = run_task(name, args.set)
+            tables[name], wall[name], commands[name] = rep, round(secs, 1), command
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    path.write_text(
+        json.dumps(
+            {"commands": commands, "wall_s": wall, "load_average_at_end": load, "tables": tables},
+            indent=2,
+            default=str,
+        )
+    )
+    (RESULTS / f"{args.tag}.md").write_text(render(tables, commands, wall))
+    for name, rep in tables.items():
+        for t in targets(rep):
+            print(
+                f"{name}: {t['target']} = {t['value']:.2f} ({t['goal']}): {'met' if t['met'] else 'MISSED'}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
