@@ -184,7 +184,7 @@ def test_fault_runner_keeps_verdicts_and_fault_figures():
             "tests/test_faults_pool.py::test_hf_replica_killed ",
             '\x1b[36mFAULT hf-kill: {"missing": 0, "dup": 0, "seeds": 24}\x1b[0m',
             "FAULT worker-kill: killed worker 1 after partial_0001_0000120_x; fit 9.0s",
-            "FAULT 1 hf replica actor killed: {\"dup\": 0}",
+            'FAULT 1 hf replica actor killed: {"dup": 0}',
             "PASSED",
             "=== short test summary info ===",
             "PASSED tests/test_faults_pool.py::test_hf_replica_killed",
