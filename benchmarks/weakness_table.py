@@ -105,7 +105,31 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             f"= {len(kept)}",
             above == len(kept),
         )
+    rate = report.get("pool_tokens_per_s")
+    ref = standalone_pool_rate()
+    if rate and ref:
+        add(
+            "pool rate while generating / standalone pool (committed throughput.json, "
+            f"{ref[1]}; another day, so a rough ratio)",
+            rate / ref[0],
+            "≥ 0.80",
+            rate / ref[0] >= 0.80,
+        )
     return out
+
+
+def standalone_pool_rate(batch_size: int = 64) -> tuple[float, str] | None:
+    """The warm 1-replica pool's tok/s at `batch_size` from the committed throughput run
+    (the recipes' pool batch), with that run's date; None when it is not there."""
+    path = RESULTS / "throughput.json"
+    if not path.exists():
+        return None
+    d = json.loads(path.read_text())
+    for pool in d.get("generation", {}).get("pool", []):
+        for r in pool.get("runs", []):
+            if r.get("replicas") == 1 and r.get("batch_size") == batch_size:
+                return float(r["tokens_per_s"]), f"{d.get('date', '?')}, batch {batch_size}"
+    return None
 
 
 def render(tables: dict[str, dict], commands: dict[str, str], wall: dict[str, float]) -> str:

@@ -87,8 +87,14 @@ class Ledger:
         if not text:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(text)
+        with self.path.open("a+b") as f:
+            # A driver killed mid-write leaves a torn last line with no newline: start on
+            # a line of our own, or the first new row would be glued to it and lost.
+            if f.seek(0, os.SEEK_END) > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    text = "\n" + text
+            f.write(text.encode())
             f.flush()
             os.fsync(f.fileno())
 

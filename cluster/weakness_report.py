@@ -156,6 +156,12 @@ def _plots(out: Path, curves: dict, stats: list[dict], metric: str) -> list[str]
     return files
 
 
+def _rate(s: dict[str, Any]) -> str:
+    """A round's pool rate (tok/s), or – for rounds from the cache or older round files."""
+    sent, secs = s.get("sent_generated_tokens", 0), s.get("llm_s", 0.0)
+    return f"{sent / secs:.0f}" if sent and secs > 0 else "–"
+
+
 def write_report(
     out_dir: str | Path,
     *,
@@ -177,6 +183,9 @@ def write_report(
     curves = curve(loops)
     stats = round_stats(rounds_dir)
     tokens = sum(s.get("generated_tokens", 0) for s in stats)
+    sent = sum(s.get("sent_generated_tokens", 0) for s in stats)
+    llm_s = sum(s.get("llm_s", 0.0) for s in stats)
+    pool_rate = round(sent / llm_s, 1) if llm_s > 0 and sent else None
     report = {
         "task": spec.name,
         "task_kind": spec.kind,
@@ -188,6 +197,9 @@ def write_report(
         "curves": curves,
         "rounds": stats,
         "llm_generated_tokens": tokens,
+        # Generated tokens the pool produced for this run ÷ seconds inside the LLM calls
+        # (None when every answer came from the request cache).
+        "pool_tokens_per_s": pool_rate,
         "results": [r for st in loops.values() for r in st["history"]],
         "teacher": teacher_info,
         "timings": timings,
@@ -201,6 +213,10 @@ def write_report(
         "",
         f"Rounds run: {rounds_done}; kept round per loop = best dev score. LLM tokens "
         f"generated: {tokens}. Total {timings.get('total', '?')} s.",
+        "",
+        "Pool rate while generating (tokens generated for this run ÷ seconds inside the "
+        "LLM calls, pool start-up excluded): "
+        + (f"{pool_rate} tok/s." if pool_rate else "– (every answer came from the cache)."),
         "",
         "| arm | k | seeds | test (kept round) | ± sd | gain vs few-shot |",
         "|---|---|---|---|---|---|",
@@ -228,8 +244,8 @@ def write_report(
         "## Generation per round",
         "",
         "| loop | round | asked | parsed | kind checks | label verified | deduped | "
-        "accepted | rejects | err mean | s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "accepted | rejects | err mean | LLM tok/s | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in stats:
         rej = ", ".join(f"{k} {v}" for k, v in s["rejects"].items())
@@ -237,7 +253,7 @@ def write_report(
             f"| {s['loop']} | {s['round']} | {s['asked']} | {s['parsed']} | "
             f"{s.get('kind_checks_passed', '')} | {s.get('label_verified', '')} | "
             f"{s.get('after_dedupe', '–')} | {s.get('accepted', '')} | {rej} | "
-            f"{s['error_mean']} | {s['seconds']} |"
+            f"{s['error_mean']} | {_rate(s)} | {s['seconds']} |"
         )
     lines += ["", "## Stage times (s)", ""]
     lines += [f"- {k}: {v}" for k, v in timings.items()]

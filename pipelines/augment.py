@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,11 @@ class AugmentStats:
     parsed: int = 0
     verified: int = 0
     generated_tokens: int = 0
+    # The pool's rate while this call ran: tokens generated for it (cache hits excluded)
+    # over the call's wall time, so a round's report can set it beside the standalone
+    # pool figure of `benchmarks/throughput`.
+    sent_generated_tokens: int = 0
+    llm_s: float = 0.0
     rejects: Counter = field(default_factory=Counter)
 
     def reject(self, reason: str) -> None:
@@ -50,6 +56,8 @@ class AugmentStats:
             "parsed": self.parsed,
             "verified": self.verified,
             "generated_tokens": self.generated_tokens,
+            "sent_generated_tokens": self.sent_generated_tokens,
+            "llm_s": round(self.llm_s, 2),
             "rejects": dict(sorted(self.rejects.items())),
         }
 
@@ -153,13 +161,17 @@ def generate_candidates(
         seed=sampling_seed,
         json_schema=schema_for(spec.kind) if structured else None,
     )
+    t0 = time.perf_counter()
     answered = llm.chat(rows, sampling) if rows else []
+    stats.llm_s = time.perf_counter() - t0
     by_id = {s["id"]: s for s in seeds}
     out: list[Row] = []
     for a in answered:
         seed = by_id[a["seed_id"]]
         stats.asked += per_seed
         stats.generated_tokens += int(a.get("generated_tokens") or 0)
+        if not a.get("cached"):
+            stats.sent_generated_tokens += int(a.get("generated_tokens") or 0)
         lineage = {
             "parent_id": seed["id"],
             "round": rnd,

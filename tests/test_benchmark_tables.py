@@ -174,6 +174,15 @@ def test_weakness_targets_are_computed_per_seed_and_can_be_missed():
     assert "**missed**" in md and "label_disagrees 2, unparsable 2" in md
     ner = targets(_weakness_report("token_classification"))
     assert [x["target"] for x in ner] == ["loop − few-shot (entity-F1 points)"]
+    # The pool's rate while generating, against the committed standalone figure.
+    from benchmarks.weakness_table import standalone_pool_rate
+
+    ref, _ = standalone_pool_rate(64)
+    assert 100 < ref < 1000
+    for rate, met in ((0.5 * ref, False), (0.9 * ref, True)):
+        rep = {**_weakness_report("token_classification"), "pool_tokens_per_s": rate}
+        (pool,) = [x for x in targets(rep) if x["target"].startswith("pool rate")]
+        assert abs(pool["value"] - rate / ref) < 1e-9 and pool["met"] is met
 
 
 def test_fault_runner_keeps_verdicts_and_fault_figures():

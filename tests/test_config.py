@@ -142,3 +142,19 @@ def test_model_names_are_checked_without_loading_anything(tmp_path):
     for bad in ("nosuchmodel", "", "a/b/c", None):
         with pytest.raises(UnknownModelError, match="student.backbone"):
             check_model_name(bad, "student.backbone")
+
+
+def test_ledger_append_after_a_torn_line_keeps_every_new_row(tmp_path):
+    """A driver killed mid-append leaves a last line with no newline; the next append
+    must start a line of its own, or its first row is glued to the torn one and lost."""
+    from raydistill.cluster.ledger import Ledger
+
+    led = Ledger(tmp_path)
+    led.append([{"job": "a", "signature": "s"}])
+    with led.path.open("a") as f:
+        f.write('{"job": "b", "sig')  # torn
+    led.append([{"job": "c", "signature": "s"}, {"job": "d", "signature": "s"}])
+    assert led.done("s") == {"a", "c", "d"}
+    assert led.torn == 1
+    led.append([{"job": "e", "signature": "s"}])  # a clean end: no blank line added
+    assert led.path.read_text().endswith('"d", "signature": "s"}\n{"job": "e", "signature": "s"}\n')

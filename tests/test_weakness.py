@@ -247,3 +247,41 @@ def test_weakness_loop_end_to_end_and_resume(ray_session, data_dir, tmp_path):
         assert llm.count == sent, "a rerun sent LLM requests again"
         assert "train" not in again["timings"], "a rerun retrained students"
         assert again["summary"] == report["summary"]
+
+        # An interrupted last round: the driver died after the loop arm's round-2
+        # samples were written, before nodiv's were and before any round-2 student
+        # finished (its ledger line torn mid-write). The rerun keeps the loop arm's file
+        # as it is, writes nodiv's again from the request cache, retrains exactly the
+        # round-2 students, and ends where the uninterrupted run ended.
+        last = max(r["round"] for r in report["results"])
+        assert last >= 2, "the smoke loop stopped before a second round"
+        ledger = out / "results.jsonl"
+        lines = ledger.read_text().splitlines()
+        keep = [ln for ln in lines if json.loads(ln).get("round") != last]
+        dropped = len(lines) - len(keep)
+        assert dropped > 0
+        ledger.write_text("\n".join(keep) + '\n{"job": "torn-mid-wri')
+        loop_file = next(out.glob(f"weakness/*/loop-k8-s0/round_{last}.json"))
+        loop_bytes = loop_file.read_bytes()
+        nodiv_file = next(out.glob(f"weakness/*/nodiv-k8-s0/round_{last}.json"))
+        nodiv_cands = json.loads(nodiv_file.read_text())["candidates"]
+        nodiv_file.unlink()
+        resumed = run(cfg)
+        assert llm.count == sent, "the resumed round sent requests the cache holds"
+        assert "train" in resumed["timings"]
+        fresh = [json.loads(ln) for ln in ledger.read_text().splitlines()[len(keep) :]]
+        fresh = [r for r in fresh if isinstance(r, dict) and "job" in r and r.get("round")]
+        assert sorted(r["job"] for r in fresh) == sorted(
+            r["job"] for r in report["results"] if r["round"] == last
+        ), "the rerun trained other students than the interrupted round's"
+        assert len(fresh) == dropped
+        assert loop_file.read_bytes() == loop_bytes, "a complete round file was rewritten"
+        again_nodiv = json.loads(nodiv_file.read_text())["candidates"]
+        assert [c["id"] for c in again_nodiv] == [c["id"] for c in nodiv_cands]
+        for a, b in zip(resumed["summary"], report["summary"], strict=True):
+            assert a.keys() == b.keys()
+            for key, va in a.items():
+                if isinstance(va, float):
+                    assert va == pytest.approx(b[key], abs=0.02), key
+                else:
+                    assert va == b[key], key
