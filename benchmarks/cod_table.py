@@ -52,6 +52,10 @@ DATASETS = {
         ["student.pooling=native", "student.head_lr=null", "student.lr=3.0e-4"],
         "sst2",
     ),
+    # Fluency threshold ablation: flips whose per-token log-prob falls more than 0.5 nats
+    # below the original's are dropped (and their seeds retried). Compared with `sst2`,
+    # this is what preferring fluent edits does to flip rate and to the CoD gain.
+    "sst2-fluent": (["method.counterfactuals.min_fluency_delta=-0.5"], "sst2"),
     "imdb-llm": (
         [
             "data.task=imdb",
@@ -206,15 +210,41 @@ def render(tables: dict, commands: dict[str, str], wall: dict[str, float]) -> st
             ]
         lines += budget_check(rep)
         lines += ["", f"![{name}](cod_{name}.png)", ""]
-    lines += [
+    lines += quality_table(tables)
+    notes = RESULTS / "cod_table_notes.md"
+    if notes.exists():
+        # Hand-written diagnosis and the list of cuts, kept across regenerations.
+        lines += ["", notes.read_text().rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+def _fluency_cells(f: dict | None) -> str:
+    """Mean Δ log-prob/token, share of edits with an OOV word, n: or dashes."""
+    if not f:
+        return "– | – | –"
+    return f"{f['mean_delta']:+.3f} | {100 * f['share_with_oov']:.0f}% | {f['n']}"
+
+
+def quality_table(tables: dict) -> list[str]:
+    """Counterfactual quality per generator, with fluency beside the human reference.
+
+    Fluency comes from each run's report.json (`counterfactuals.fluency`: the LLM's
+    verified edits; on IMDB `fluency_human`: the human CAD edits of the same seeds,
+    and an `imdb-human` run's own edits). A flip rate with a fluency threshold shows the
+    rate without it in brackets.
+    """
+    lines = [
         "## Counterfactual quality per generator",
         "",
         "For human CAD edits, 'flip rate' is how often the teacher agrees with the human "
-        "counterfactual's label (the edit is kept either way: the human label is ground truth).",
+        "counterfactual's label (the edit is kept either way: the human label is ground truth). "
+        "Fluency under a separate LM (`method.counterfactuals.fluency_model`): Δ is the mean "
+        "log-probability per token of the edit minus the original's (0: as fluent as the "
+        "original), OOV the share of edits inserting a word that is not one vocabulary token.",
         "",
         "| data set | source | seeds | flip rate | mean edit words | no valid counterfactual | "
-        "rejected candidates |",
-        "|---|---|---|---|---|---|---|",
+        "rejected candidates | fluency Δ lp/token | edits with OOV words | scored |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, rep in tables.items():
         c = rep.get("counterfactuals", {})
@@ -224,15 +254,33 @@ def render(tables: dict, commands: dict[str, str], wall: dict[str, float]) -> st
         if str(c.get("source", "")).startswith("human"):
             share = "0 (every human edit is kept)"
         rej = (c.get("this_run") or {}).get("rejects") or c.get("rejects") or {}
+        fl = c.get("fluency") or {}
+        rate = f"{c.get('flip_rate')}"
+        if fl.get("min_fluency_delta") is not None:
+            rate += f" ({c.get('flip_rate_unfiltered')} without Δ ≥ {fl['min_fluency_delta']})"
         lines.append(
-            f"| {name} | {c.get('source')} | {seeds} | {c.get('flip_rate')} | "
-            f"{c.get('mean_edit_words')} | {share} | {rej or '–'} |"
+            f"| {name} | {c.get('source')} | {seeds} | {rate} | "
+            f"{c.get('mean_edit_words')} | {share} | {rej or '–'} | {_fluency_cells(fl)} |"
         )
-    notes = RESULTS / "cod_table_notes.md"
-    if notes.exists():
-        # Hand-written diagnosis and the list of cuts, kept across regenerations.
-        lines += ["", notes.read_text().rstrip()]
-    return "\n".join(lines) + "\n"
+        if c.get("fluency_human"):
+            lines.append(
+                f"| {name} | human:cad, same seeds (reference) | {c['fluency_human']['n']} | – | "
+                f"– | – | – | {_fluency_cells(c['fluency_human'])} |"
+            )
+    models = sorted(
+        {
+            str(f.get("model"))
+            for rep in tables.values()
+            for f in (
+                (rep.get("counterfactuals") or {}).get("fluency"),
+                (rep.get("counterfactuals") or {}).get("fluency_human"),
+            )
+            if f
+        }
+    )
+    if models:
+        lines += ["", f"Fluency LM: {', '.join(models)}."]
+    return lines
 
 
 def plot(name: str, rep: dict, path: Path) -> None:

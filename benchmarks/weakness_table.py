@@ -1,6 +1,6 @@
 """The weakness-loop table: arms × seeds per task, against the issue's targets.
 
-    python -m benchmarks.weakness_table                          # sst2 (the recipe's grid)
+    python -m benchmarks.weakness_table                          # sst2, seeds 0 1 2
     python -m benchmarks.weakness_table --tasks sst2 conll       # more tasks
     python -m benchmarks.weakness_table --from-run sst2=runs/sst2-weakness   # a finished run
 
@@ -214,6 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="TASK=DIR",
         help="read a finished run's report.json instead of running the recipe",
     )
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0, 1, 2],
+        help="seeds of the table (the recipes run one, to stay a short demo; a run into the "
+        "same folder reuses the seeds already trained)",
+    )
     p.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for every run")
     p.add_argument("--run-command", default=None, help="the command that made a --from-run run")
     p.add_argument("--tag", default="weakness_table")
@@ -245,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     else:
         for name in args.tasks:
-            rep, secs = run_task(name, args.set)
+            seeds = "experiment.seeds=[" + ",".join(map(str, args.seeds)) + "]"
+            rep, secs = run_task(name, [seeds, *args.set])
             tables[name], wall[name], commands[name] = rep, round(secs, 1), command
     try:
         load = os.getloadavg()

@@ -3,6 +3,14 @@
 Every command takes a recipe and `key=value` overrides, so `raydistill run
 recipes/sst2-cod.yaml out_dir=runs/x student.alpha=0.5` is the same job on a laptop and
 under `ray job submit`.
+
+The console is quiet by default: a progress line per stage, raydistill's own messages,
+warnings and errors (in full, a failed Ray Train worker's traceback included). The
+driver's full log goes to `<out_dir>/logs/driver.log`, with a README there pointing at
+the Ray session's logs (copied there for a local cluster). `--verbose` (anywhere on the
+command line, or `RAYDISTILL_VERBOSE=1`) brings back the libraries' INFO lines and the
+workers' output (`ray.init(log_to_driver=True)`). Verbosity is how a run is watched, not
+what it computes, so it is a flag and not a recipe key.
 """
 
 from __future__ import annotations
@@ -14,6 +22,20 @@ import os
 import sys
 from pathlib import Path
 
+log = logging.getLogger("raydistill.cli")
+_LOGS_DIR: list[Path] = []  # the run folder's logs/ once the recipe names it
+
+
+def _open_logs(out_dir: str | os.PathLike) -> None:
+    """Send the driver's log to `<out_dir>/logs/driver.log` (appended: a resumed run
+    adds its own block) and remember the folder for the Ray session's logs at the end."""
+    from raydistill.console import log_to_file
+
+    logs = Path(out_dir) / "logs"
+    log_to_file(logs / "driver.log")
+    _LOGS_DIR[:] = [logs]
+    log.debug("=== raydistill %s (pid %d)", " ".join(sys.argv[1:]), os.getpid())
+
 
 def _config(args):
     from raydistill.config import load_config
@@ -22,11 +44,13 @@ def _config(args):
 
 
 def _method(cfg):
-    """The recipe's method module, its checks run before any work starts."""
+    """The recipe's method module, its checks run before any work starts (and before
+    the run folder's logs/ is created: a rejected recipe leaves nothing behind)."""
     from raydistill.methods import get_method
 
     method = get_method(cfg.method.name)
     method.validate(cfg)
+    _open_logs(cfg.out_dir)
     return method
 
 
@@ -77,6 +101,7 @@ def cmd_train_teacher(args) -> int:
     from raydistill.training.teacher import ensure_teacher
 
     cfg = _config(args)
+    _open_logs(cfg.out_dir)
     ensure_ray(cfg.cluster)
     spec = spec_for(cfg.data)
     train = _subset(load_split(cfg.data, "train"), cfg.data.teacher_train_rows, cfg.teacher.seed)
@@ -97,6 +122,8 @@ def cmd_train_teacher(args) -> int:
 def cmd_report(args) -> int:
     from raydistill.cluster.report import write_report
 
+    if Path(args.out_dir).is_dir():  # a mistyped folder is reported, not created
+        _open_logs(args.out_dir)
     write_report(args.out_dir)
     with open(os.path.join(args.out_dir, "report.md")) as f:
         print(f.read())
@@ -196,9 +223,15 @@ def cmd_rate_import(args) -> int:
     return 0 if result["ratings"] else 1
 
 
+VERBOSE_HELP = (
+    "show library INFO lines and Ray workers' output on the console "
+    "(also RAYDISTILL_VERBOSE=1); they always go to <out_dir>/logs/"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="raydistill", description=__doc__.split("\n")[0])
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
     def recipe_cmd(name: str, fn, help_: str):
@@ -252,15 +285,31 @@ def build_parser() -> argparse.ArgumentParser:
     ip.add_argument("kit_dir", help="the folder rate-kit wrote (with key.json)")
     ip.add_argument("files", nargs="+", help="ratings_*.json / .csv from the raters")
     ip.set_defaults(fn=cmd_rate_import)
+    for sp in sub.choices.values():
+        # `--verbose` after the command too (`raydistill run recipe.yaml --verbose`, as
+        # `ray job submit -- raydistill ...` users type it); SUPPRESS: when absent, the
+        # global flag's value stands.
+        sp.add_argument(
+            "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP
+        )
     return p
+
+
+def verbose_wanted(args: argparse.Namespace) -> bool:
+    """`--verbose` on the command line, else `$RAYDISTILL_VERBOSE`."""
+    from raydistill.console import VERBOSE_ENV
+
+    env = os.environ.get(VERBOSE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return bool(getattr(args, "verbose", False)) or env
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    from raydistill.console import setup_console
+    from raydistill.progress import console
+
+    setup_console(verbose_wanted(args))
+    console().remote_counters = True  # this process is the driver: follow the workers
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from raydistill.cluster.rate_kit import KitError
     from raydistill.config import ConfigError
@@ -281,6 +330,25 @@ def main(argv: list[str] | None = None) -> int:
     ) as e:
         print(f"raydistill: error: {e}", file=sys.stderr)
         return 2
+    except Exception:
+        # In full on the console, whatever the verbosity: a Ray Train failure's message
+        # carries the failed worker's traceback, and the workers' own output is not echoed.
+        log.error("raydistill %s failed", args.command, exc_info=True)
+        if _LOGS_DIR:
+            log.error("full logs: %s", _LOGS_DIR[0])
+        return 1
+    finally:
+        _finish_logs()
+
+
+def _finish_logs() -> None:
+    """The Ray session's logs (a pointer, and a copy for a local cluster) next to the
+    driver's log, at the end of a command and on failure."""
+    if not _LOGS_DIR or "ray" not in sys.modules:
+        return
+    from raydistill.cluster.runtime import save_session_logs
+
+    save_session_logs(_LOGS_DIR[0])
 
 
 if __name__ == "__main__":

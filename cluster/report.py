@@ -186,14 +186,24 @@ def write_report(
         "reused": reused if reused is not None else prev.get("reused"),
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    plot_accuracy_vs_k(
-        agg,
-        out / "accuracy_vs_k.png",
-        f"{task}: student accuracy vs k",
-        teacher_info.get("test_accuracy"),
-    )
-    (out / "report.md").write_text(render_markdown(report))
+    from raydistill.progress import console
+
+    line = console()  # the run's last stage line: report files written
+    line.open("report", total=3, unit="files")
+    try:
+        (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        line.update("report", advance=1)
+        plot_accuracy_vs_k(
+            agg,
+            out / "accuracy_vs_k.png",
+            f"{task}: student accuracy vs k",
+            teacher_info.get("test_accuracy"),
+        )
+        line.update("report", advance=1)
+        (out / "report.md").write_text(render_markdown(report))
+        line.update("report", advance=1)
+    finally:
+        line.close("report")
     return report
 
 
@@ -247,6 +257,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         ):
             if c.get(key) is not None:
                 lines.append(f"- {key}: {c[key]}")
+        fl = c.get("fluency") or {}
+        if fl.get("min_fluency_delta") is not None:
+            lines.append(
+                f"- flip_rate without the fluency threshold ({fl['min_fluency_delta']}): "
+                f"{c.get('flip_rate_unfiltered')}"
+            )
+        for key, what in (("fluency", "LLM edits"), ("fluency_human", "human CAD edits")):
+            if c.get(key):
+                lines.append(f"- fluency of the {what}: {fluency_line(c[key])}")
         run = c.get("this_run") or {}
         if run.get("rejects"):
             lines.append(f"- rejected candidates by reason (this run): {run['rejects']}")
@@ -270,3 +289,96 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {k} | {v} | {m} |")
     lines += ["", "![accuracy vs k](accuracy_vs_k.png)", ""]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ counterfactuals.md
+
+
+def fluency_line(f: dict[str, Any]) -> str:
+    """One line from a fluency summary (`pipelines/fluency.py:fluency_summary`)."""
+    return (
+        f"mean Δ log-prob/token {f['mean_delta']:+.3f} ({f['mean_lp_orig']:.3f} → "
+        f"{f['mean_lp_edit']:.3f}), {100 * f['share_with_oov']:.0f}% with an out-of-vocabulary "
+        f"word, n = {f['n']} (LM: {f.get('model', '?')})"
+    )
+
+
+def _cell(text: Any, limit: int | None = None) -> str:
+    s = " ".join(str(text).split()).replace("|", "\\|")
+    return s if limit is None or len(s) <= limit else s[: limit - 1] + "…"
+
+
+def _edited_side(rec: dict[str, Any]) -> str:
+    return str(rec.get("text_pair") if rec.get("edit_side") == "text_pair" else rec["text"])
+
+
+def counterfactual_rows(
+    records: list[dict[str, Any]], label_names: list[str] | None = None, context: int = 80
+) -> list[str]:
+    """One Markdown table row per record: the seed and its edit (long texts: the changed
+    part with `context` characters either side), words edited, whether the teacher
+    flipped, log-prob per token of original → edit (Δ), inserted and out-of-vocabulary
+    words."""
+    from raydistill.pipelines.edits import edit_window
+
+    def lab(i: Any) -> str:
+        i = int(i)
+        return label_names[i] if label_names and 0 <= i < len(label_names) else str(i)
+
+    rows = []
+    for r in records:
+        orig = r.get("original_text")
+        edit = _edited_side(r) if r.get("flipped") or r["source"].startswith("human") else ""
+        if orig and edit:
+            a, b, head, tail = edit_window(orig, edit, context)
+            dots = ("… " if head else "", " …" if tail else "")
+            orig_cell = _cell(dots[0] + a + dots[1])
+            edit_cell = _cell(dots[0] + b + dots[1])
+        else:
+            orig_cell, edit_cell = _cell(orig or "?", 300), _cell(edit or "–")
+        if r.get("lp_delta") is not None:
+            lp = f"{r['lp_orig']:.2f} → {r['lp_edit']:.2f} ({r['lp_delta']:+.2f})"
+        else:
+            lp = "–"
+        ins = ", ".join(r.get("inserted_words") or []) or "–"
+        oov = ", ".join(r.get("oov_words") or []) or "–"
+        rows.append(
+            f"| {orig_cell} ({lab(r['parent_label'])}) | {edit_cell} ({lab(r['label'])}) | "
+            f"{r['edit_words'] if r['edit_words'] >= 0 else '–'} | "
+            f"{'yes' if r['flipped'] else 'no'} | {lp} | {_cell(ins)} | {_cell(oov)} |"
+        )
+    return rows
+
+
+def render_counterfactuals_md(
+    records: list[dict[str, Any]],
+    *,
+    task: str,
+    label_names: list[str] | None = None,
+    fluency: dict[str, Any] | None = None,
+) -> str:
+    sources = sorted({str(r["source"]) for r in records}) or ["?"]
+    lines = [
+        f"# Counterfactuals: {task} ({', '.join(sources)}), {len(records)} items",
+        "",
+        "`flipped`: the teacher predicts the target label on the edit (human edits are kept "
+        "either way). Fluency: mean log-probability per token (nats) of the original → the "
+        "edit under a separate LM, on the changed part with its context, and Δ = edit − "
+        "original (0: as fluent as the original). OOV: inserted words that are not one "
+        "token of the LM's vocabulary as a whole word (invented or rare words).",
+        "",
+    ]
+    if fluency:
+        lines += [f"Fluency over the edits: {fluency_line(fluency)}.", ""]
+    lines += [
+        "| seed (label) | counterfactual (target label) | words edited | flipped | "
+        "log-prob/token orig → edit (Δ) | inserted words | OOV words |",
+        "|---|---|---|---|---|---|---|",
+        *counterfactual_rows(records, label_names),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_counterfactuals_md(path: str | Path, records: list[dict[str, Any]], **kw: Any) -> None:
+    """`counterfactuals.md`: every counterfactual of a run with its fluency."""
+    Path(path).write_text(render_counterfactuals_md(records, **kw))

@@ -187,9 +187,38 @@ class CounterfactualConfig:
     # swap: salient words asked for per round (round r uses swap_words[r-1], the last
     # entry for later rounds); answers from earlier rounds are reused.
     swap_words: list[int] = field(default_factory=lambda: [3, 8])
+    # Which classes a seed's counterfactuals aim at. runner_up: the teacher's second most
+    # likely class (binary: the other one), the cheapest to reach with a minimal edit;
+    # one counterfactual per seed. all: one per other class (C-1 per seed), a denser map
+    # of the teacher's boundaries on multi-class tasks, for C-1 times the LLM requests.
+    targets: str = "runner_up"
+    # Sentence-pair tasks: which side the LLM edits; the other side is kept verbatim and
+    # checked ("kept_side_changed" otherwise). text_pair: the second side (NLI: the
+    # hypothesis, as human NLI counterfactuals do: a premise is a fact to reason from);
+    # text: the first. Single-text tasks always edit their text.
+    edit_side: str = "text_pair"
+    # A causal LM (registry name or folder) that scores each verified counterfactual's
+    # fluency: mean log-probability per token of the edit vs the original, and inserted
+    # words that are not whole words of its vocabulary (pipelines/fluency.py). Among a
+    # seed's flips the smallest edit wins, ties go to the most fluent. A base LM that is
+    # not the generator (SmolLM2-135M-Instruct by default): a model judging its own
+    # output would favour it. null: no scores, the first smallest flip (as before).
+    fluency_model: str | None = "gemma3-270m"
+    # Flips whose fluency delta (lp_edit - lp_orig, nats per token) is below this are
+    # dropped ("not_fluent"; the seed is retried next round). null: measure and rank
+    # only. Invented words cost ~1 nat/token and more on a short text; a plausible
+    # one-word swap a few tenths.
+    min_fluency_delta: float | None = None
 
     def __post_init__(self) -> None:
+        if self.min_fluency_delta is not None and self.fluency_model is None:
+            raise ConfigError(
+                "method.counterfactuals.min_fluency_delta needs a fluency_model to score "
+                "with; set one or set min_fluency_delta: null"
+            )
         _one_of("method.counterfactuals.strategy", self.strategy, ("rewrite", "swap"))
+        _one_of("method.counterfactuals.targets", self.targets, ("runner_up", "all"))
+        _one_of("method.counterfactuals.edit_side", self.edit_side, ("text", "text_pair"))
         if not self.swap_words or any(n < 1 for n in self.swap_words):
             raise ConfigError(
                 f"method.counterfactuals.swap_words: positive integers, got {self.swap_words}"
@@ -276,6 +305,33 @@ class ExplainConfig(MethodConfig):
     # with a length cap: the reference study's revisions ran 2.6× longer).
     max_revision_ratio: float = 1.5
     max_explanation_words: int = 60
+    # The fields below shape the evaluation, not the students: they are left out of the
+    # students' resume signature, so turning the judge on reuses trained students.
+    # The LLM judge after training (a second pool start): scores kept student
+    # explanations and the teacher's human / original / revised ones 1–5 on the study's
+    # five dimensions. Off by default: it costs pool time a quick run may not want.
+    judge: bool = False
+    # Generated (answer, explanation) kept per student from the first N reported-split
+    # questions (the same generations that are scored: no extra pass), for the judge and
+    # the report's examples. Set before training: kept students keep what they kept.
+    judge_examples: int = 24
+    # Training questions whose teacher explanations are judged: up to N that were
+    # revised (the original-vs-revised comparison) plus up to N that were not.
+    judge_questions: int = 32
+    # Judge samples per item (one request, n samples): agreement between the first two
+    # is reported, so a judge that contradicts itself shows.
+    judge_samples: int = 2
+    judge_temperature: float = 0.7
+    judge_max_tokens: int = 64
+    # Sentence-embedding model of the explanation cosine against human CoS-E (name in
+    # the registry, HF id or folder).
+    embedding_model: str = "all-minilm-l6-v2"
+
+    def __post_init__(self) -> None:
+        if self.judge_examples < 0 or self.judge_questions < 0:
+            raise ConfigError("method.judge_examples and method.judge_questions must be >= 0")
+        if self.judge_samples < 1:
+            raise ConfigError("method.judge_samples must be >= 1 (2 to measure agreement)")
 
 
 MethodConfig.VARIANTS["explain"] = ExplainConfig

@@ -45,7 +45,12 @@ class _PeakSampler:
 
 
 class Stopwatch:
-    """`with sw.stage("teacher"): ...` → `sw.t["teacher"]` seconds, `sw.peak_mb["teacher"]`."""
+    """`with sw.stage("teacher"): ...` → `sw.t["teacher"]` seconds, `sw.peak_mb["teacher"]`.
+
+    Each stage is also a line on the progress console (`progress.py`): opened here, fed
+    by whoever knows the counts (rows, requests, steps, students), closed here with the
+    time and memory peak. The log file gets the same as a DEBUG line.
+    """
 
     def __init__(self, sample_every_s: float = 0.5, probe=node_memory_used_mb) -> None:
         self.t: dict[str, float] = {}
@@ -54,23 +59,26 @@ class Stopwatch:
         self.probe = probe
 
     def stage(self, name: str):
+        from raydistill.progress import console
+
         sw = self
 
         class _Stage:
             def __enter__(self):
                 self.t0 = time.perf_counter()
                 self.sampler = _PeakSampler(sw.sample_every_s, sw.probe).__enter__()
-                log.info("stage %s …", name)
-                print(f"[raydistill] {name} …", flush=True)
+                log.debug("stage %s …", name)
+                console().open(name)
 
-            def __exit__(self, *exc):
-                self.sampler.__exit__(*exc)
-                sw.t[name] = round(sw.t.get(name, 0.0) + time.perf_counter() - self.t0, 2)
+            def __exit__(self, exc_type, *exc):
+                self.sampler.__exit__(exc_type, *exc)
+                took = time.perf_counter() - self.t0
+                sw.t[name] = round(sw.t.get(name, 0.0) + took, 2)
                 sw.peak_mb[name] = round(max(sw.peak_mb.get(name, 0.0), self.sampler.peak))
-                print(
-                    f"[raydistill] {name} done in {sw.t[name]:.1f}s "
-                    f"(node memory peak {sw.peak_mb[name] / 1024:.1f} GiB)",
-                    flush=True,
-                )
+                summary = f"(node memory peak {sw.peak_mb[name] / 1024:.1f} GiB)"
+                if exc_type is not None:
+                    summary += f", failed: {exc_type.__name__}"
+                log.debug("stage %s done in %.1fs %s", name, took, summary)
+                console().close(name, summary)
 
         return _Stage()

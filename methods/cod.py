@@ -52,7 +52,11 @@ ARMS: dict[str, Arm] = {
 BASELINES = {name: a.baseline for name, a in ARMS.items() if a.baseline}
 # Bump when prompts or candidate handling change, so cached generations are not reused.
 # 2: edits of a truncated long input are spliced onto its unseen rest (IMDB).
-PROMPT_VERSION = 2
+# 3: multi-class prompts ask for words typical of the target class, with demonstrations
+#    from the training split; sentence pairs; swap replies echoing the prompt's framing,
+#    of function words only or cut off mid-phrase are refused. Binary-sentiment swap
+#    prompts are unchanged, so their requests still come from the request cache.
+PROMPT_VERSION = 3
 
 
 def check_arms(arms: list[str]) -> None:
@@ -66,7 +70,20 @@ def validate(cfg: RunConfig) -> None:
     if not isinstance(cfg.method, CodConfig):
         raise ConfigError(f"method.name must be 'cod' for this method, got {cfg.method.name!r}")
     check_arms(cfg.experiment.arms)
-    stages.check_model_names(cfg, pool=not cfg.method.human_counterfactuals)
+    gen = cfg.method.counterfactuals
+    fluency = {"method.counterfactuals.fluency_model": gen.fluency_model}
+    stages.check_model_names(cfg, pool=not cfg.method.human_counterfactuals, extra=fluency)
+    from raydistill.registry import TINY
+
+    # (Random tiny models judge nothing either way: the smoke recipes may share one.)
+    if gen.fluency_model is not None and gen.fluency_model == cfg.pool.model not in TINY:
+        import warnings
+
+        warnings.warn(
+            f"method.counterfactuals.fluency_model is the generator ({cfg.pool.model}): it "
+            "will judge its own edits fluent; pick another LM for a fair measure",
+            stacklevel=2,
+        )
     from raydistill.pipelines.tasks import spec_for
 
     kind = spec_for(cfg.data).kind
@@ -80,7 +97,8 @@ class Prepared:
     teacher_dir: str
     teacher_info: dict[str, Any]
     originals: dict[str, dict[str, Any]]  # annotated k-shot rows by id
-    counterfactuals: dict[str, dict[str, Any]]  # annotated usable CF rows by parent id
+    # usable CF rows by parent id: one each (targets: runner_up) or one per other class
+    counterfactuals: dict[str, list[dict[str, Any]]]
     dev: list[dict[str, Any]]
     test: list[dict[str, Any]]
     gen_stats: dict[str, Any]
@@ -138,19 +156,33 @@ def prepare(cfg: RunConfig, sw: Stopwatch | None = None) -> Prepared:
         if ARMS[m].cod
         for r in rows
     }
-    counterfactuals, gen_stats = {}, {}
+    counterfactuals: dict[str, list[dict[str, Any]]] = {}
+    gen_stats: dict[str, Any] = {}
     if cod_seeds:
         with sw.stage("generate"):
-            records, gen_stats = generate(cfg, splits.spec, list(cod_seeds.values()), teacher)
+            words = class_words_for(cfg, splits.spec, splits.train)
+            if words is not None:
+                (out / "class_words.json").write_text(json.dumps(words, indent=1))
+            records, gen_stats = generate(
+                cfg, splits.spec, list(cod_seeds.values()), teacher, words
+            )
         # Human edits are ground truth and used whatever the teacher says; LLM edits only
         # when the teacher verified the flip.
-        counterfactuals = {
-            r["parent_id"]: r for r in records if r["flipped"] or r["source"].startswith("human")
-        }
+        for r in records:
+            if r["flipped"] or r["source"].startswith("human"):
+                counterfactuals.setdefault(r["parent_id"], []).append(r)
+        from raydistill.cluster.report import write_counterfactuals_md
         from raydistill.pipelines.counterfactuals import save_records
 
         save_records(records, out / "counterfactuals.parquet")
         (out / "generation_stats.json").write_text(json.dumps(gen_stats, indent=2))
+        write_counterfactuals_md(
+            out / "counterfactuals.md",
+            records,
+            task=splits.spec.name,
+            label_names=list(splits.spec.label_names),
+            fluency=gen_stats.get("fluency"),
+        )
     return Prepared(
         spec=splits.spec,
         teacher_dir=teacher.path,
@@ -167,7 +199,29 @@ def prepare(cfg: RunConfig, sw: Stopwatch | None = None) -> Prepared:
     )
 
 
-def generate(cfg: RunConfig, spec: Any, seeds: list[dict[str, Any]], teacher: stages.Teacher):
+def class_words_for(
+    cfg: RunConfig, spec: Any, train: list[dict[str, Any]]
+) -> dict[str, list[str]] | None:
+    """Each class's typical words in the rows the teacher trains on (`class_words.py`):
+    the demonstrations of multi-class prompts. None for binary sentiment, whose prompt
+    keeps its hand-written pairs, and for human counterfactuals."""
+    from raydistill.pipelines.class_words import class_words
+    from raydistill.pipelines.swaps import opposite_style
+
+    if cfg.method.human_counterfactuals or (opposite_style(spec) and not spec.is_pair):
+        return None
+    rows = stages.subset(train, cfg.data.teacher_train_rows, cfg.teacher.seed)
+    side = cfg.method.counterfactuals.edit_side if spec.is_pair else "text"
+    return class_words(rows, spec.label_names, field=side)
+
+
+def generate(
+    cfg: RunConfig,
+    spec: Any,
+    seeds: list[dict[str, Any]],
+    teacher: stages.Teacher,
+    class_words: dict[str, list[str]] | None = None,
+):
     """Counterfactual records for `seeds`: human CAD edits, or the LLM's (cached)."""
     if cfg.method.human_counterfactuals:
         from raydistill.pipelines.counterfactuals import human_counterfactual_records
@@ -175,43 +229,114 @@ def generate(cfg: RunConfig, spec: Any, seeds: list[dict[str, Any]], teacher: st
 
         human = load_human_counterfactuals(cfg.data, "train")
         records, stats = human_counterfactual_records(
-            seeds, human, teacher.path, cfg.teacher.max_length
+            seeds, human, teacher.path, cfg.teacher.max_length, fluency_dir(cfg)
         )
-        return records, {**stats.summary(), "source": "human:cad"}
-    return generate_cached(cfg, spec, seeds, teacher.path)
+        return records, {
+            **stats.summary(),
+            "source": "human:cad",
+            "fluency": fluency_summary(records, model=cfg.method.counterfactuals.fluency_model),
+        }
+    records, summary = generate_cached(cfg, spec, seeds, teacher.path, class_words)
+    human_ref = human_reference_fluency(cfg, seeds)
+    if human_ref is not None:
+        summary["fluency_human"] = human_ref
+    return records, summary
 
 
-def generation_key(cfg: RunConfig, spec: Any, teacher_dir: str) -> str:
+def fluency_dir(cfg: RunConfig) -> str | None:
+    """The fluency LM's folder (materialized once from GGUF), or None when off."""
+    name = cfg.method.counterfactuals.fluency_model
+    if name is None:
+        return None
+    from raydistill.registry import resolve_model
+
+    return resolve_model(name, cfg.resolved_cache_dir())
+
+
+def fluency_summary(records: list[dict[str, Any]], **extra: Any) -> dict[str, Any] | None:
+    from raydistill.pipelines.fluency import fluency_summary as summary
+
+    return summary(records, **extra)
+
+
+def human_reference_fluency(cfg: RunConfig, seeds: list[dict[str, Any]]) -> dict | None:
+    """On IMDB with local CAD data: the fluency of the human edits of the same seeds, the
+    reference the LLM's edits are read against. None elsewhere or with fluency off."""
+    if cfg.method.counterfactuals.fluency_model is None or cfg.data.task != "imdb":
+        return None
+    from raydistill.pipelines.counterfactual_records import human_fluency
+    from raydistill.pipelines.datasets import DataError, load_human_counterfactuals
+
+    try:
+        human = load_human_counterfactuals(cfg.data, "train")
+    except (DataError, FileNotFoundError):
+        return None  # IMDB from the Hub: no CAD pairs to compare with
+    scores = human_fluency(seeds, human, fluency_dir(cfg))
+    return fluency_summary(
+        list(scores.values()), model=cfg.method.counterfactuals.fluency_model, source="human:cad"
+    )
+
+
+def generation_key(
+    cfg: RunConfig,
+    spec: Any,
+    teacher_dir: str,
+    class_words: dict[str, list[str]] | None = None,
+) -> str:
     """Which generations these are: students trained on them are valid only for them."""
+    from raydistill.pipelines.class_words import CLASS_WORDS_VERSION
+    from raydistill.pipelines.fluency import FLUENCY_VERSION
+
+    words = {"class_words": [CLASS_WORDS_VERSION, class_words]} if class_words else {}
+    gen = dict(cfg.method.counterfactuals.__dict__)
+    if gen["fluency_model"] is None:
+        # No fluency ranking: the selection is the one before fluency existed, and so is
+        # the key (records cached then are still these).
+        del gen["fluency_model"], gen["min_fluency_delta"]
+    else:
+        # Ranking by fluency changes which flip is kept: the model, the threshold and
+        # how fluency is scored are part of what the records are.
+        gen["fluency_version"] = FLUENCY_VERSION
     return stable_hash(
         {
             "task": spec.name,
             "backend": cfg.pool.backend,
             "model": cfg.pool.model,
             "url": cfg.pool.url,
-            "gen": cfg.method.counterfactuals.__dict__,
+            "gen": gen,
             "teacher": teacher_dir,
             "prompt": PROMPT_VERSION,
+            **words,
         }
     )
 
 
 def generate_cached(
-    cfg: RunConfig, spec: Any, seeds: list[dict[str, Any]], teacher_dir: str
+    cfg: RunConfig,
+    spec: Any,
+    seeds: list[dict[str, Any]],
+    teacher_dir: str,
+    class_words: dict[str, list[str]] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Generate counterfactuals for seeds not in the record cache; start the pool only if
     some are missing (and even then, requests already answered come from the request
-    cache)."""
+    cache). The class words the prompts used are kept beside the cached records."""
+    from raydistill.pipelines.counterfactual_records import normalize_record
     from raydistill.pipelines.counterfactuals import (
         generate_counterfactuals,
         load_records,
         save_records,
     )
 
-    key = generation_key(cfg, spec, teacher_dir)
+    key = generation_key(cfg, spec, teacher_dir, class_words)
     path = cfg.resolved_cache_dir() / "counterfactuals" / f"{spec.name}-{key}.parquet"
-    cached = {r["parent_id"]: r for r in load_records(path)} if path.exists() else {}
+    cached: dict[str, list[dict[str, Any]]] = {}
+    for r in load_records(path) if path.exists() else []:
+        cached.setdefault(r["parent_id"], []).append(normalize_record(r))
     missing = [s for s in seeds if s["id"] not in cached]
+    if class_words is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".class_words.json").write_text(json.dumps(class_words, indent=1))
     summary: dict[str, Any] = {}
     if missing:
         print(
@@ -230,20 +355,31 @@ def generate_cached(
                 teacher_max_length=cfg.teacher.max_length,
                 teacher_num_gpus=cfg.teacher.num_gpus,
                 progress=lambda msg: print(f"[raydistill] {msg}", flush=True),
+                class_words=class_words,
+                fluency_dir=fluency_dir(cfg),
             )
+        fresh: dict[str, list[dict[str, Any]]] = {}
         for r in records:
-            cached[r["parent_id"]] = r
-        save_records(list(cached.values()), path)
+            fresh.setdefault(r["parent_id"], []).append(r)
+        cached.update(fresh)
+        save_records([r for rs in cached.values() for r in rs], path)
         summary = stats.summary()
         summary["pool_startup_s"] = round(startup, 1)
-    records = [cached[s["id"]] for s in seeds]
-    # Stats over exactly the seeds of this run (cached ones included).
+    records = [r for s in seeds for r in cached[s["id"]]]
+    # Stats over exactly the seeds of this run (cached ones included); with targets: all,
+    # "seeds" counts (seed, target class) items and "seed_rows" the seeds.
     flipped = [r for r in records if r["flipped"]]
+    gen = cfg.method.counterfactuals
+    unfiltered = sum(bool(r["flip_unfiltered"]) for r in records)
     full = {
+        "seed_rows": len(seeds),
+        "targets": cfg.method.counterfactuals.targets,
         "seeds": len(records),
         "flipped": len(flipped),
         "no_counterfactual": len(records) - len(flipped),
         "flip_rate": round(len(flipped) / len(records), 4) if records else 0.0,
+        # Items with a flip before the fluency threshold dropped the non-fluent ones.
+        "flip_rate_unfiltered": round(unfiltered / len(records), 4) if records else 0.0,
         "mean_edit_words": round(float(np.mean([r["edit_words"] for r in flipped])), 2)
         if flipped
         else None,
@@ -256,6 +392,9 @@ def generate_cached(
         "tokens_per_s": summary.get("tokens_per_s") if missing else None,
         "source": f"llm:{cfg.pool.model}",
         "cache_key": key,
+        "fluency": fluency_summary(
+            flipped, model=gen.fluency_model, min_fluency_delta=gen.min_fluency_delta
+        ),
     }
     return records, full
 
@@ -265,6 +404,7 @@ def build_jobs(cfg: RunConfig, prep: Prepared) -> list[Any]:
     import ray
 
     from raydistill.registry import resolve_model
+    from raydistill.training.classifier import row_input
     from raydistill.training.loop import TrainJob
 
     s = cfg.student
@@ -272,14 +412,18 @@ def build_jobs(cfg: RunConfig, prep: Prepared) -> list[Any]:
     dev_ref, test_ref = ray.put(prep.dev), ray.put(prep.test)
     # Counterfactual pairs with the teacher's prediction on each member, for boundary
     # fidelity; a job is scored only on pairs whose original it did not train on.
+    # (Inputs are (text, text_pair) tuples on sentence-pair tasks.)
     pairs_by_parent = {
-        pid: (
-            int(prep.originals[pid]["teacher_pred"]),
-            prep.originals[pid]["text"],
-            int(np.argmax(cf["teacher_logits"])),
-            cf["text"],
-        )
-        for pid, cf in prep.counterfactuals.items()
+        pid: [
+            (
+                int(prep.originals[pid]["teacher_pred"]),
+                row_input(prep.originals[pid]),
+                int(np.argmax(cf["teacher_logits"])),
+                row_input(cf),
+            )
+            for cf in cfs
+        ]
+        for pid, cfs in prep.counterfactuals.items()
         if pid in prep.originals
     }
     jobs = []
@@ -294,14 +438,14 @@ def build_jobs(cfg: RunConfig, prep: Prepared) -> list[Any]:
         originals = [prep.originals[i] for i in ids]
         rows = [dict(r) for r in originals]
         if arm.cod:
-            rows += [dict(prep.counterfactuals[i]) for i in ids if i in prep.counterfactuals]
+            rows += [dict(cf) for i in ids for cf in prep.counterfactuals.get(i, [])]
         if not arm.lwd:
             # Only LWD reads hidden states; the rest would ship them for nothing (and some
             # sources, e.g. human edits, carry them while the originals do not).
             for r in rows:
                 r.pop("teacher_hidden", None)
         used = set(ids)
-        pairs = [p for pid, p in pairs_by_parent.items() if pid not in used]
+        pairs = [p for pid, ps in pairs_by_parent.items() if pid not in used for p in ps]
         jobs.append(
             TrainJob(
                 name=job_name(arm_name, k, seed),

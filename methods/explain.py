@@ -10,9 +10,14 @@ train     one generative student (seq2seq or causal LM, `training/student_kinds.
           per arm × k × seed on 2 Ray Train workers with DeepSpeed; an arm is
           "<mode>:<source>": mode answer | multitask | cf | multitask+cf, explanation
           source human (CoS-E) | original (e) | revised (e′);
-evaluate  answer accuracy and explanation ROUGE-L against the human explanation on the
-          reported split; optionally an LLM judge on the study's five dimensions;
-report    the mode × source table, the chain's revision rate and length ratio e′/e.
+evaluate  answer accuracy, explanation ROUGE-L and embedding cosine against the human
+          explanation and length on the reported split, from the generations scored in
+          training (the first `judge_examples` kept per student); with `method.judge`,
+          an LLM judge through the pool scores kept student explanations and the
+          teacher's human / original / revised ones 1–5 on the study's five dimensions
+          (two samples each: parse rate and agreement reported);
+report    `cluster/explain_report.py`: the mode × source table, a PNG, examples, the
+          chain's revision rate, length ratio e′/e and prompt-prefix reuse per call.
 """
 
 from __future__ import annotations
@@ -35,6 +40,18 @@ DESCRIPTION = (
     "selectively revises; seq2seq / causal-LM students learn answer + explanation"
 )
 MODES = ("answer", "multitask", "cf", "multitask+cf")
+# ExplainConfig fields that shape the evaluation only (not in the students' signature).
+EVAL_FIELDS = frozenset(
+    {
+        "judge",
+        "judge_examples",
+        "judge_questions",
+        "judge_samples",
+        "judge_temperature",
+        "judge_max_tokens",
+        "embedding_model",
+    }
+)
 SOURCES = ("human", "original", "revised")
 
 
@@ -70,7 +87,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(
             f"student.kind: explanation students are seq2seq or causal_lm, got {cfg.student.kind}"
         )
-    stages.check_model_names(cfg, teacher=False)
+    stages.check_model_names(
+        cfg, teacher=False, extra={"method.embedding_model": cfg.method.embedding_model}
+    )
 
 
 @dataclass
@@ -139,6 +158,7 @@ def generate_chain(
     m: ExplainConfig = cfg.method  # type: ignore[assignment]
     rejects: Counter = Counter()
     prompt_tokens: dict[str, int] = {}
+    sent: list[tuple[str, list]] = []  # (call, messages of each request) in sending order
 
     def ask(kind: str, items: list[tuple[str, list]], schema=None) -> dict[str, str | None]:
         sampling = Sampling(
@@ -150,6 +170,7 @@ def generate_chain(
             json_schema=schema if getattr(llm, "structured_output", False) else None,
         )
         answered = llm.chat([{"key": k, "messages": msgs} for k, msgs in items], sampling)
+        sent.append((kind, [msgs for _, msgs in items]))
         prompt_tokens[kind] = int(sum(a.get("prompt_tokens") or 0 for a in answered))
         out = {}
         for a in answered:
@@ -240,10 +261,40 @@ def generate_chain(
         if have
         else None,
         "prompt_tokens": prompt_tokens,
+        "prefix": prefix_stats(cfg, sent),
         "rejects": dict(sorted(rejects.items())),
         "llm": llm.stats.summary() if hasattr(llm, "stats") else None,
     }
     return chain, stats
+
+
+def prefix_stats(cfg: RunConfig, sent: list[tuple[str, list]]) -> dict[str, Any]:
+    """Prompt tokens each chain call shares with earlier prompts (the pool model's chat
+    template, tokenized here: computed, not read from the engine), and what the pool's
+    prefix cache could reuse of them."""
+    from raydistill.pipelines.explanations import prefix_caching, prefix_reuse
+
+    caching = prefix_caching(cfg.pool)
+    if cfg.pool.backend == "openai":
+        return {"caching": caching, "skipped": "pool.backend=openai: no local tokenizer"}
+    try:
+        from transformers import AutoTokenizer
+
+        from raydistill.registry import resolve_model
+
+        tok = AutoTokenizer.from_pretrained(resolve_model(cfg.pool.model, cfg.resolved_cache_dir()))
+        if not getattr(tok, "chat_template", None):
+            return {"caching": caching, "skipped": f"{cfg.pool.model} has no chat template"}
+    except Exception as e:  # noqa: BLE001 - the stats are optional; the chain is done
+        return {"caching": caching, "skipped": f"tokenizer of {cfg.pool.model}: {e}"}
+
+    def ids(msgs: list) -> list[int]:
+        text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    calls = [(kind, [ids(m) for m in msgs]) for kind, msgs in sent]
+    block = caching["block_size"] if caching["enabled"] else None
+    return {"caching": caching, "calls": prefix_reuse(calls, block)}
 
 
 def student_rows(prep: Prepared, ids: list[str], mode: str, source: str) -> list[dict[str, Any]]:
@@ -292,7 +343,7 @@ def build_jobs(cfg: RunConfig, prep: Prepared) -> list[Any]:
     from raydistill.training.loop import TrainJob
     from raydistill.training.student_kinds import job_fields
 
-    s = cfg.student
+    s, m = cfg.student, cfg.method
     refs = ray.put(prep.dev), ray.put(prep.test)
     jobs = []
     for arm in cfg.experiment.arms:
@@ -319,6 +370,7 @@ def build_jobs(cfg: RunConfig, prep: Prepared) -> list[Any]:
                     zero_stage=s.zero_stage,
                     seed=s.seed + seed,
                     meta={"arm": arm, "mode": mode, "source": source, "k": k, "seed": seed},
+                    keep_examples=int(getattr(m, "judge_examples", 0)),
                     **fields,
                 )
             )
@@ -333,7 +385,8 @@ def signature(cfg: RunConfig, prep: Prepared) -> str:
     from raydistill.cluster.ledger import student_signature
     from raydistill.pipelines.explanations import PROMPT_VERSION
 
-    gen = dict(vars(cfg.method))
+    # Evaluation-only fields stay out: turning the judge on must not retrain students.
+    gen = {k: v for k, v in vars(cfg.method).items() if k not in EVAL_FIELDS}
     pool = {k: getattr(cfg.pool, k) for k in ("backend", "model", "url")}
     return student_signature(
         cfg, None, {"explain": gen, "generator": pool, "prompt": PROMPT_VERSION}
@@ -346,6 +399,10 @@ def _result_row(job: Any, metrics: dict[str, Any]) -> dict[str, Any]:
         "accuracy": metrics.get("answer_accuracy", metrics.get("score")),
         "answer_parsed": metrics.get("answer_parsed"),
         "explanation_rougeL": metrics.get("explanation_rougeL"),
+        # The first judge_examples generations, and every generated explanation (for the
+        # cosine and length; dropped from report.json, kept in results.jsonl).
+        "examples": metrics.get("examples"),
+        "explanations": metrics.get("explanations"),
         "dev_accuracy": metrics["dev_accuracy"],
         "train_rows": metrics["train_rows"],
         "train_s": metrics["train_s"],
@@ -363,15 +420,111 @@ def train(cfg: RunConfig, prep: Prepared | None = None, sw=None, callbacks=None)
     )
 
 
-def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean ± sd per (arm, k) over seeds."""
+def explanation_quality(cfg: RunConfig, prep: Prepared, results: list[dict[str, Any]]) -> dict:
+    """Adds explanation_cosine / _words / _empty to each student's row (its generated
+    explanations against human CoS-E on the reported split); returns the same for the
+    teacher's original and revised explanations of the training questions."""
+    from raydistill.pipelines.diversity import embed
+    from raydistill.pipelines.explanations import explanation_similarity
+    from raydistill.registry import resolve_model
+
+    m: ExplainConfig = cfg.method  # type: ignore[assignment]
+    todo = [
+        r for r in results if r.get("explanations") and len(r["explanations"]) == len(prep.test)
+    ]
+    if not todo and not prep.chain:
+        return {}
+    model = resolve_model(m.embedding_model, cfg.resolved_cache_dir())
+    memo: dict[str, Any] = {}
+
+    def embed_memo(texts: list[str]) -> list[Any]:
+        new = [t for t in texts if t not in memo]
+        memo.update(zip(new, embed(new, model), strict=True))
+        return [memo[t] for t in texts]
+
+    refs = [str(r.get("explanation") or "") for r in prep.test]
+    for r in todo:
+        q = explanation_similarity(r["explanations"], refs, embed_memo)
+        r.update({f"explanation_{k}": q[k] for k in ("cosine", "words", "empty")})
+    ids = sorted(i for i, c in prep.chain.items() if c.get("original"))
+    human = [str(prep.rows[i].get("explanation") or "") for i in ids]
+    return {
+        src: explanation_similarity([prep.chain[i].get(src) or "" for i in ids], human, embed_memo)
+        for src in ("original", "revised")
+        if ids
+    }
+
+
+def judge_stage(
+    cfg: RunConfig, prep: Prepared, results: list[dict[str, Any]], llm: Any = None
+) -> dict[str, Any]:
+    """The LLM judge (`pipelines/explanations.py`) on every explaining student's kept
+    generations and on the teacher's human / original / revised explanations."""
+    if llm is None:
+        with stages.generator(cfg) as (client, startup):
+            return {**judge_stage(cfg, prep, results, client), "pool_startup_s": round(startup, 1)}
+    from raydistill.pipelines.explanations import (
+        PROMPT_VERSION,
+        item_means,
+        judge_items,
+        judge_messages,
+        judge_paired,
+        judge_summary,
+        student_judge_items,
+        teacher_judge_items,
+        teacher_judge_questions,
+    )
+
+    m: ExplainConfig = cfg.method  # type: ignore[assignment]
+    students, skipped = student_judge_items(results, {str(r["id"]): r for r in prep.test})
+    revised, unrevised = teacher_judge_questions(prep.chain, m.judge_questions)
+    teacher = teacher_judge_items(prep.rows, prep.chain, revised + unrevised)
+    judged = judge_items(
+        llm,
+        students + teacher,
+        samples=m.judge_samples,
+        temperature=m.judge_temperature,
+        top_p=m.top_p,
+        max_tokens=m.judge_max_tokens,
+    )
+    rev = set(revised)
+    on_revised = [
+        j for j in judged if j["group"].startswith("teacher ") and j["key"].split("|", 1)[1] in rev
+    ]
+    groups = judge_summary(judged)
+    example = judge_messages("<question>", ["<choice a>", "<choice b>"], "<answer>", "<e>")
+    return {
+        "prompt_version": PROMPT_VERSION,
+        "prompt": "\n".join(f"[{x['role']}] {x['content']}" for x in example),
+        "samples": m.judge_samples,
+        "temperature": m.judge_temperature,
+        "groups": groups,
+        "students_not_judged": skipped,
+        "teacher_questions": {"revised": len(revised), "unrevised": len(unrevised)},
+        "original_vs_revised": judge_paired(on_revised, "teacher original", "teacher revised"),
+        "item_means": {j["key"]: item_means(j) for j in judged},
+        "llm": llm.stats.summary() if hasattr(llm, "stats") else None,
+    }
+
+
+def summarize(results: list[dict[str, Any]], judge: dict | None = None) -> list[dict[str, Any]]:
+    """Mean ± sd of accuracy per (arm, k) over seeds; explanation metrics' means; the
+    judge's means and parse rate for the arm's kept explanations."""
+    from raydistill.pipelines.explanations import student_group
+
     by: dict[tuple[str, int], list[dict]] = {}
     for r in results:
         by.setdefault((r["arm"], r["k"]), []).append(r)
+    groups = (judge or {}).get("groups", {})
+
+    def mean_of(rs: list[dict], key: str) -> float | None:
+        xs = [r[key] for r in rs if r.get(key) is not None]
+        return float(np.nanmean(xs)) if xs else None
+
     out = []
     for (arm, k), rs in sorted(by.items()):
         acc = np.array([r["accuracy"] for r in rs], dtype=float)
-        rl = [r["explanation_rougeL"] for r in rs if r.get("explanation_rougeL") is not None]
+        g = groups.get(student_group(arm, k)) or {}
         out.append(
             {
                 "arm": arm,
@@ -379,58 +532,44 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "n": len(rs),
                 "accuracy_mean": float(acc.mean()),
                 "accuracy_sd": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
-                "explanation_rougeL": float(np.nanmean(rl)) if rl else None,
+                **{
+                    f"explanation_{x}": mean_of(rs, f"explanation_{x}")
+                    for x in ("rougeL", "cosine", "words", "empty")
+                },
+                "judge": g.get("means"),
+                "judge_parse_rate": g.get("parse_rate"),
             }
         )
     return out
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
+    from raydistill.cluster.explain_report import examples, teacher_examples, write_report
 
     start = stages.start_run(cfg, validate)
     info, out, sw, t0 = start.info, start.out, start.sw, start.t0
+    m: ExplainConfig = cfg.method  # type: ignore[assignment]
     prep = prepare(cfg, sw)
     results = train(cfg, prep, sw)
+    with sw.stage("quality"):
+        teacher_quality = explanation_quality(cfg, prep, results)
+    judge = None
+    if m.judge:
+        with sw.stage("judge"):
+            judge = judge_stage(cfg, prep, results)
     sw.t["total"] = round(time.perf_counter() - t0, 2)
-    table = summarize(results)
     report = {
         "task": prep.spec.name,
         "method": "explain",
-        "summary": table,
-        "results": results,
-        "chain": prep.chain_stats,
+        "summary": summarize(results, judge),
+        "results": [{k: v for k, v in r.items() if k != "explanations"} for r in results],
+        "chain": {**prep.chain_stats, "quality": teacher_quality} if prep.chain_stats else {},
+        "judge": judge,
+        "examples": examples(prep.test, results),
+        "teacher_examples": teacher_examples(prep.rows, prep.chain),
         "timings": sw.t,
         "peak_memory_mb": sw.peak_mb,
         "cluster": info,
-        "plots": [],
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    lines = [
-        f"# explanation distillation — {prep.spec.name}",
-        "",
-        "Reported split: CQA dev (never used for selection; dev is carved from train).",
-        "",
-        "| arm (mode:source) | k | seeds | answer accuracy | ± sd | explanation ROUGE-L vs CoS-E |",
-        "|---|---|---|---|---|---|",
-    ]
-    for t in table:
-        rl = "–" if t["explanation_rougeL"] is None else f"{100 * t['explanation_rougeL']:.1f}"
-        lines.append(
-            f"| {t['arm']} | {t['k']} | {t['n']} | {100 * t['accuracy_mean']:.1f} | "
-            f"{100 * t['accuracy_sd']:.1f} | {rl} |"
-        )
-    c = prep.chain_stats
-    if c:
-        lines += [
-            "",
-            "## The teacher's chain",
-            "",
-            f"- questions {c['questions']}, explained {c['explained']}, critiqued "
-            f"{c['critiqued']}, flawed {c['flawed']}, revised {c['revised']} "
-            f"(rate {c['revision_rate']}), length ratio e'/e {c['length_ratio_revised']}",
-            f"- prompt tokens per call: {c['prompt_tokens']}",
-            f"- rejects: {c['rejects']}",
-        ]
-    lines += ["", "## Stage times (s)", "", *[f"- {k}: {v}" for k, v in sw.t.items()], ""]
-    (out / "report.md").write_text("\n".join(lines))
+    write_report(out, report)
     return report

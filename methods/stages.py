@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -20,8 +21,10 @@ from typing import Any
 import numpy as np
 
 from raydistill.config import RunConfig
+from raydistill.progress import console
 from raydistill.timing import Stopwatch
 
+log = logging.getLogger(__name__)
 Row = dict[str, Any]
 
 
@@ -153,6 +156,7 @@ def annotate_stage(
             max_length=cfg.teacher.max_length,
             with_hidden=with_hidden,
             num_gpus=cfg.teacher.num_gpus,
+            progress_stage="annotate",
         )
     return {g: [r for r in ann if r["split"] == g] for g in groups}
 
@@ -168,20 +172,42 @@ def generator(cfg: RunConfig) -> Iterator[tuple[Any, float]]:
     Every request goes through the client's content-addressed cache in the cache dir, so
     a rerun after a crash, or another round, never repeats a finished request.
     """
+    from raydistill.console import quiet_libraries
     from raydistill.pipelines.llm_requests import LLMClient
     from raydistill.pipelines.request_cache import RequestCache
     from raydistill.serving.teacher_pool import make_pool
 
     pool = make_pool(cfg.pool, cfg.resolved_cache_dir())
+    if cfg.pool.backend != "openai":
+        import ray.serve  # noqa: F401  (Serve's driver logger exists now, to be quieted)
+    quiet_libraries()
     t0 = time.perf_counter()
+    console().update(note=f"starting the {cfg.pool.backend} pool")  # the stage's line
     endpoint = pool.start()
     startup = time.perf_counter() - t0
+    console().update(note="")
+    quiet_libraries()  # anything the pool's start configured
     cache = RequestCache.in_dir(cfg.resolved_cache_dir())
     try:
         yield LLMClient.for_pool(endpoint, cfg.pool, cache), startup
     finally:
         pool.shutdown()
         cache.close()
+
+
+def train_run_name(signature: str, todo: list[Any]) -> str:
+    """The Ray Train run's name: the same for the same unfinished students.
+
+    The ledger gets a stage's rows only when its whole fit returns, so a driver killed
+    mid-stage (or a `ray job submit` job stopped) would lose every student already
+    trained in it. Ray Train V2 reloads a run's checkpoint snapshot when a trainer with
+    the same name and storage path starts, and the loop skips the jobs whose
+    checkpoints it finds (training/fit.py): with this name the rerun trains only the
+    rest. (Deleting results.jsonl therefore does not retrain; delete `ray_train/` too.)
+    """
+    from raydistill.config import stable_hash
+
+    return "students-" + stable_hash({"signature": signature, "jobs": [j.name for j in todo]})[:16]
 
 
 def train_stage(
@@ -213,18 +239,24 @@ def train_stage(
         if j.name not in done
     ]
     if done:
-        print(f"[raydistill] {len(done)} students already trained, {len(todo)} to go", flush=True)
+        log.info("%d students already trained, %d to go", len(done), len(todo))
     if todo:
         with sw.stage("train"):
+            # One line for the whole stage: students finished / all of this run's students
+            # (those a rerun found in the ledger count as done), the one in flight by step.
+            before = len(jobs) - len(todo)
+            console().update("train", total=len(jobs), initial=before, unit="students")
             results = fit_jobs(
                 todo,
                 num_workers=cfg.student.num_workers,
                 storage_path=train_storage(cfg),
-                name=f"students-{int(time.time())}",
+                name=train_run_name(signature, todo),
                 run_callbacks=callbacks,
                 placement_strategy=cfg.student.placement_strategy,
                 use_gpu=cfg.student.use_gpu,
                 max_failures=cfg.student.max_failures,
+                progress_stage="train",
+                progress_initial=before,
             )
         rows = []
         for job, (metrics, ckpt) in zip(todo, results, strict=True):

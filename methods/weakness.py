@@ -204,11 +204,12 @@ def signature(cfg: RunConfig, prep: Prepared) -> str:
     # many rounds may follow: growing max_rounds or patience resumes, it does not retrain.
     gen = {k: v for k, v in vars(cfg.method).items() if k not in ("max_rounds", "patience")}
     pool = {k: getattr(cfg.pool, k) for k in ("backend", "model", "url")}
-    return student_signature(
-        cfg,
-        prep.teacher.path if prep.teacher else None,
-        {"weakness": gen, "generator": pool, "version": "weakness-v1"},
-    )
+    extra: dict[str, Any] = {"weakness": gen, "generator": pool, "version": "weakness-v1"}
+    if prep.spec.kind == "token_classification":
+        # NER samples since the entity-type enum in the JSON schema: other generations,
+        # so other students (classification and summary schemas did not change).
+        extra["schema"] = "ner-type-enum"
+    return student_signature(cfg, prep.teacher.path if prep.teacher else None, extra)
 
 
 # ------------------------------------------------------------------ error values
@@ -238,39 +239,48 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def teacher_check(cfg: RunConfig, prep: Prepared, cands: list[dict]) -> None:
+    """Classification: the teacher classifier must agree with each verified candidate's
+    intended label (`method.verify: teacher`); verdicts and teacher columns are set in
+    place. One Ray Data pass for every loop's candidates of a round, not one per loop."""
+    from raydistill.pipelines.soft_labels import annotate_rows
+
+    m: WeaknessConfig = cfg.method  # type: ignore[assignment]
+    ok = [c for c in cands if c["verdict"] == "verified"]
+    if not (_classification(prep) and prep.teacher is not None and ok):
+        return
+    ann = {
+        r["id"]: r
+        for r in annotate_rows(
+            [{k: c[k] for k in ("id", "text", "label")} for c in ok],
+            prep.teacher.path,
+            max_length=cfg.teacher.max_length,
+            num_gpus=cfg.teacher.num_gpus,
+        )
+    }
+    for c in ok:
+        a = ann[c["id"]]
+        if m.verify == "teacher" and int(a["teacher_pred"]) != int(c["label"]):
+            c.update(verdict="rejected", reason="teacher_disagrees")
+            continue
+        c["teacher_logits"] = list(map(float, a["teacher_logits"]))
+        c["teacher_pred"] = int(a["teacher_pred"])
+
+
 def select(
     cfg: RunConfig, prep: Prepared, arm: Arm, cands: list[dict], reference: list[dict], seed: int
 ) -> tuple[list[dict], dict[str, int]]:
-    """Teacher agreement (classification), then the diversity filter; every candidate's
-    verdict is updated in place. Returns (accepted, counts by step)."""
+    """The diversity filter over candidates that passed every check (`teacher_check`
+    first, for classification); verdicts are updated in place. Returns (accepted,
+    counts by step)."""
     from raydistill.pipelines.diversity import embed, farthest_first, near_duplicates
 
     m: WeaknessConfig = cfg.method  # type: ignore[assignment]
     ok = [c for c in cands if c["verdict"] == "verified"]
-    counts = {"kind_checks_passed": len(ok)}
-    if _classification(prep) and prep.teacher is not None and ok:
-        from raydistill.pipelines.soft_labels import annotate_rows
-
-        ann = {
-            r["id"]: r
-            for r in annotate_rows(
-                [{k: c[k] for k in ("id", "text", "label")} for c in ok],
-                prep.teacher.path,
-                max_length=cfg.teacher.max_length,
-                num_gpus=cfg.teacher.num_gpus,
-            )
-        }
-        agreed = []
-        for c in ok:
-            a = ann[c["id"]]
-            if m.verify == "teacher" and int(a["teacher_pred"]) != int(c["label"]):
-                c.update(verdict="rejected", reason="teacher_disagrees")
-                continue
-            c["teacher_logits"] = list(map(float, a["teacher_logits"]))
-            c["teacher_pred"] = int(a["teacher_pred"])
-            agreed.append(c)
-        ok = agreed
-    counts["label_verified"] = len(ok)
+    counts = {
+        "kind_checks_passed": len(ok) + sum(c.get("reason") == "teacher_disagrees" for c in cands),
+        "label_verified": len(ok),
+    }
     n = m.samples_per_round
     if arm.diversity and ok:
         dup = near_duplicates(
@@ -301,13 +311,17 @@ def select(
 
 
 def generate_round(cfg, prep, loops, rnd, students, llm, root) -> None:
-    """Seeds, candidates and accepted samples of round `rnd` for each loop; saved per loop."""
-    from raydistill.pipelines.augment import candidates_per_seed, generate_candidates
+    """Seeds, candidates and accepted samples of round `rnd` for each loop; saved per loop.
+
+    Three passes over the loops: seeds from each loop's own student; one LLM call for
+    every loop's prompts (each loop keeps its own sampling seed) and one teacher pass for
+    every candidate; then each loop's diversity selection and round file."""
+    from raydistill.pipelines.augment import Request, candidates_per_seed, generate_many
     from raydistill.pipelines.error_values import error_values, histogram, sample_seeds
 
     m: WeaknessConfig = cfg.method  # type: ignore[assignment]
-    for (arm_name, k, seed), state in loops.items():
-        arm = ARMS[arm_name]
+    plans = []
+    for (arm_name, k, seed), _state in loops.items():
         t0 = time.perf_counter()
         pool_ids = prep.kshot[(k, seed)] + prep.scoring[(k, seed)]
         pool = [prep.rows[i] for i in pool_ids]
@@ -319,30 +333,44 @@ def generate_round(cfg, prep, loops, rnd, students, llm, root) -> None:
             m.seeds_per_round,
             temperature=m.seed_temperature,
             seed=stable_int(arm_name, k, seed, rnd),
-            uniform=arm.seeding == "random",
+            uniform=ARMS[arm_name].seeding == "random",
         )
-        cands, stats = generate_candidates(
+        request = Request(
             [prep.rows[i] for i in picked],
-            prep.spec,
-            llm,
-            rnd=rnd,
-            arm=arm_name,
-            per_seed=candidates_per_seed(m.samples_per_round, len(picked), m.oversample),
-            temperature=m.temperature,
-            top_p=m.top_p,
-            max_new_tokens=m.max_new_tokens,
-            max_seed_chars=m.max_seed_chars,
-            sampling_seed=stable_int(arm_name, k, seed, rnd) % (2**31),
+            rnd,
+            arm_name,
+            candidates_per_seed(m.samples_per_round, len(picked), m.oversample),
+            stable_int(arm_name, k, seed, rnd) % (2**31),
         )
-        reference = [prep.rows[i] for i in prep.kshot[(k, seed)]] + state["generated"]
-        accepted, counts = select(cfg, prep, arm, cands, reference, seed + rnd)
+        plans.append(((arm_name, k, seed), picked, err, request, time.perf_counter() - t0))
+    t0 = time.perf_counter()
+    generated = generate_many(
+        [p[3] for p in plans],
+        prep.spec,
+        llm,
+        temperature=m.temperature,
+        top_p=m.top_p,
+        max_new_tokens=m.max_new_tokens,
+        max_seed_chars=m.max_seed_chars,
+    )
+    teacher_check(cfg, prep, [c for cands, _ in generated for c in cands])
+    shared_s = (time.perf_counter() - t0) / max(1, len(plans))
+    for ((arm_name, k, seed), picked, err, _req, own_s), (cands, stats) in zip(
+        plans, generated, strict=True
+    ):
+        t1 = time.perf_counter()
+        reference = [prep.rows[i] for i in prep.kshot[(k, seed)]] + loops[(arm_name, k, seed)][
+            "generated"
+        ]
+        accepted, counts = select(cfg, prep, ARMS[arm_name], cands, reference, seed + rnd)
         record = {
             "round": rnd,
             "seeds": picked,
             "error_mean": float(err.mean()),
             "error_hist": histogram(err),
             "stats": {**stats.summary(), **counts},
-            "seconds": round(time.perf_counter() - t0, 1),
+            # This loop's own work plus an equal share of the round's shared calls.
+            "seconds": round(own_s + shared_s + time.perf_counter() - t1, 1),
             "candidates": cands,
         }
         _write_json(root / f"{arm_name}-k{k}-s{seed}" / f"round_{rnd}.json", record)

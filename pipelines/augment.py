@@ -124,6 +124,81 @@ def build_candidate(
     raise ValueError(f"no candidate builder for task kind {spec.kind!r}")
 
 
+@dataclass
+class Request:
+    """One caller's share of a generation call: its seeds, candidates per seed and
+    sampling seed (the weakness loop: one loop's seeds in one round)."""
+
+    seeds: list[Row]
+    rnd: int
+    arm: str
+    per_seed: int
+    sampling_seed: int
+
+
+def generate_many(
+    requests: list[Request],
+    spec: Any,
+    llm: Any,
+    *,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    max_seed_chars: int,
+) -> list[tuple[list[Row], AugmentStats]]:
+    """Every request's candidates and stats, with as few LLM calls as possible.
+
+    Requests that ask for the same number of samples per seed share one call (each row
+    keeps its own sampling seed, so every request's answers, and their cache keys, are
+    what it would get alone); one large call keeps the pool's batches full, where a
+    call per request leaves it draining between calls. The call's seconds are shared
+    among the requests by the tokens generated for each, so a round's rate adds up.
+    """
+    from raydistill.pipelines.llm_stage import SEED_COLUMN, Sampling
+
+    out: list[tuple[list[Row], AugmentStats] | None] = [None] * len(requests)
+    structured = bool(getattr(llm, "structured_output", False))
+    for n in sorted({r.per_seed for r in requests}):
+        group = [i for i, r in enumerate(requests) if r.per_seed == n]
+        rows = []
+        for i in group:
+            for s in requests[i].seeds:
+                msgs = messages_for(s, spec, max_seed_chars)
+                rows.append(
+                    {
+                        "request": i,
+                        "seed_id": s["id"],
+                        "messages": msgs,
+                        "prompt_hash": prompt_hash(msgs),
+                        # Round and arm in the sampling seed: another round asks anew, a
+                        # rerun of this one is answered from the request cache.
+                        SEED_COLUMN: int(requests[i].sampling_seed),
+                    }
+                )
+        sampling = Sampling(
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_new_tokens,
+            json_schema=(
+                schema_for(spec.kind, entity_types(spec.label_names)) if structured else None
+            ),
+        )
+        t0 = time.perf_counter()
+        answered = llm.chat(rows, sampling) if rows else []
+        call_s = time.perf_counter() - t0
+        for i in group:
+            r = requests[i]
+            mine = [a for a in answered if a["request"] == i]
+            out[i] = collect_candidates(mine, r.seeds, spec, rnd=r.rnd, arm=r.arm, per_seed=n)
+        sent = sum(out[i][1].sent_generated_tokens for i in group)
+        for i in group:
+            st = out[i][1]
+            share = st.sent_generated_tokens / sent if sent else 1 / len(group)
+            st.llm_s = call_s * share
+    return [o for o in out if o is not None]
+
+
 def generate_candidates(
     seeds: list[Row],
     spec: Any,
@@ -143,27 +218,23 @@ def generate_candidates(
     Accepted-so-far candidates have verdict "verified"; rejected ones keep their reason
     (and the raw answer, for debugging prompts). Only verified ones carry task columns.
     """
-    from raydistill.pipelines.llm_stage import Sampling
-
-    stats = AugmentStats()
-    rows = []
-    for s in seeds:
-        msgs = messages_for(s, spec, max_seed_chars)
-        rows.append({"seed_id": s["id"], "messages": msgs, "prompt_hash": prompt_hash(msgs)})
-    structured = bool(getattr(llm, "structured_output", False))
-    sampling = Sampling(
-        n=per_seed,
+    ((cands, stats),) = generate_many(
+        [Request(seeds, rnd, arm, per_seed, sampling_seed)],
+        spec,
+        llm,
         temperature=temperature,
         top_p=top_p,
-        max_tokens=max_new_tokens,
-        # Round and arm in the sampling seed: another round asks anew, a rerun of this
-        # one is answered from the request cache.
-        seed=sampling_seed,
-        json_schema=schema_for(spec.kind) if structured else None,
+        max_new_tokens=max_new_tokens,
+        max_seed_chars=max_seed_chars,
     )
-    t0 = time.perf_counter()
-    answered = llm.chat(rows, sampling) if rows else []
-    stats.llm_s = time.perf_counter() - t0
+    return cands, stats
+
+
+def collect_candidates(
+    answered: list[Row], seeds: list[Row], spec: Any, *, rnd: int, arm: str, per_seed: int
+) -> tuple[list[Row], AugmentStats]:
+    """The chat answers for `seeds` → candidates with lineage, and their stats."""
+    stats = AugmentStats()
     by_id = {s["id"]: s for s in seeds}
     out: list[Row] = []
     for a in answered:

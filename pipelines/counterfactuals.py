@@ -1,10 +1,17 @@
 """Teacher-verified counterfactual generation (CoD) as Ray Data stages.
 
 Per seed: prompt the LLM teacher pool for a minimal edit toward a target label (binary:
-the other label; multi-class: the teacher's runner-up), sample n candidates, clean them
+the other label; multi-class: the teacher's runner-up, or each other class with
+`targets: all`), sample n candidates, clean them
 (LLM output is untrusted), verify each with the teacher classifier (a flip = the teacher's
 argmax becomes the target), keep the flipping candidate with the smallest word edit
-distance, and retry the seeds that got none for up to R rounds with feedback.
+distance (ties: the most fluent under a separate LM, `fluency.py`; with a threshold,
+non-fluent flips are dropped as `not_fluent`), and retry the seeds that got none for up
+to R rounds with feedback. Records are `counterfactual_records.py`.
+
+Sentence pairs (rows with `text_pair`): one side is edited (`edit_side`), the other is
+kept verbatim; the teacher always reads the whole pair, and a candidate that changes the
+kept side is rejected (`kept_side_changed`).
 
 Every seed comes out as one record, flipped or not, with its attempts, rejections by
 reason and teacher probabilities, so nothing is lost silently and the report can count
@@ -21,14 +28,29 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from raydistill.config import CounterfactualConfig
-from raydistill.pipelines.counterfactual_checks import clean_candidate
+from raydistill.pipelines.counterfactual_checks import (
+    REJECT_KEPT_CHANGED,
+    REJECT_NOT_MINIMAL,
+    clean_candidate,
+    edits_kept_side,
+    is_minimal,
+    kept_side_intact,
+    pair_inputs,
+    split_pair_reply,
+)
+from raydistill.pipelines.counterfactual_records import (
+    human_fluency,
+    llm_record,
+)
+from raydistill.pipelines.counterfactual_records import load_records as load_records
+from raydistill.pipelines.counterfactual_records import save_records as save_records
 from raydistill.pipelines.edits import word_edit_distance
+from raydistill.pipelines.fluency import REJECT_NOT_FLUENT, with_fluency_defaults
 from raydistill.pipelines.llm_requests import LLMClient
 from raydistill.pipelines.prompts import split_for_prompt
 from raydistill.pipelines.tasks import TaskSpec
@@ -47,36 +69,95 @@ def target_label(teacher_probs: list[float] | np.ndarray) -> tuple[int, int]:
     return int(order[0]), int(order[1])
 
 
+TARGET_POLICIES = ("runner_up", "all")
+
+
+def target_labels(teacher_probs: list[float] | np.ndarray, policy: str = "runner_up"):
+    """(source, [targets]): the teacher's prediction and the classes to flip it to.
+
+    runner_up: the runner-up alone (`target_label`). all: every other class, most
+    likely first.
+    """
+    if policy not in TARGET_POLICIES:
+        raise ValueError(f"targets must be one of {TARGET_POLICIES}, got {policy!r}")
+    p = np.asarray(teacher_probs, dtype=np.float64)
+    order = [int(i) for i in np.argsort(-p, kind="stable")]
+    return order[0], (order[1:2] if policy == "runner_up" else order[1:])
+
+
+def rank_flips(flips: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Flipping candidates best first: the smallest word edit, then the most fluent
+    (highest `fluency["delta"]`; unscored last), then the order they came in."""
+
+    def key(i_f: tuple[int, dict[str, Any]]):
+        i, f = i_f
+        delta = (f.get("fluency") or {}).get("delta")
+        unscored = delta is None or delta != delta  # None or nan
+        return (f["edit_words"], unscored, 0.0 if unscored else -delta, i)
+
+    return [f for _, f in sorted(enumerate(flips), key=key)]
+
+
+# (original, edited texts) → one fluency dict per text (`FluencyScorer.fluency_many`).
+FluencyFn = Callable[[str, list[str]], list[dict[str, Any]]]
+
+
 def choose_counterfactual(
     original: str,
     candidates: list[str],
     candidate_probs: np.ndarray,
     target: int,
+    *,
+    fluency: FluencyFn | None = None,
+    min_fluency_delta: float | None = None,
 ) -> dict[str, Any]:
     """Pick the flipping candidate with the smallest word edit distance.
 
     `candidates` are already cleaned; `candidate_probs[i]` is the teacher's distribution on
     candidate i. If none flips, report the candidate closest to flipping (highest target
     probability) so the next round can give the LLM feedback on it.
+
+    With `fluency`, ties on edit size go to the most fluent candidate (`rank_flips`), and
+    with `min_fluency_delta` a flip whose delta is below it is dropped (counted in
+    `not_fluent`). Only the smallest edit size's flips are scored, the next size's only
+    if all of those were dropped. `had_flip`: some candidate flipped, fluent or not.
     """
-    best: dict[str, Any] | None = None
+    flips: list[dict[str, Any]] = []
     closest: tuple[float, str] | None = None
     for text, probs in zip(candidates, candidate_probs, strict=True):
-        flipped = int(np.argmax(probs)) == target
-        if flipped:
-            d = word_edit_distance(original, text)
-            if best is None or d < best["edit_words"]:
-                best = {"text": text, "edit_words": d, "probs": [float(x) for x in probs]}
+        if int(np.argmax(probs)) == target:
+            flips.append(
+                {
+                    "text": text,
+                    "edit_words": word_edit_distance(original, text),
+                    "probs": [float(x) for x in probs],
+                }
+            )
         if closest is None or probs[target] > closest[0]:
             closest = (float(probs[target]), text)
+    best, not_fluent = None, 0
+    for size in sorted({f["edit_words"] for f in flips}):
+        group = [f for f in flips if f["edit_words"] == size]
+        if fluency is not None:
+            for f, fl in zip(group, fluency(original, [f["text"] for f in group]), strict=True):
+                f["fluency"] = fl
+            if min_fluency_delta is not None:
+                ok = [f for f in group if f["fluency"]["delta"] >= min_fluency_delta]
+                not_fluent += len(group) - len(ok)
+                group = ok
+        if group:
+            best = rank_flips(group)[0]
+            break
     if best is not None:
-        return {"flipped": True, **best, "closest": ""}
+        return {"flipped": True, **best, "closest": "", "not_fluent": not_fluent, "had_flip": True}
     return {
         "flipped": False,
         "text": "",
         "edit_words": -1,
         "probs": [],
         "closest": closest[1] if closest else "",
+        "not_fluent": not_fluent,
+        "had_flip": bool(flips),
     }
 
 
@@ -92,24 +173,65 @@ class FlipVerifier:
         label_names: tuple[str, ...] = (),
         max_edit_fraction: float | None = None,
         max_input_chars: int | None = None,
+        edit_side: str = "text_pair",
+        pair_names: tuple[str, str] | None = None,
+        fluency_model: str | None = None,
+        min_fluency_delta: float | None = None,
     ):
         self.clf = Classifier(teacher_dir, max_length=max_length)
+        # A causal LM folder: flipping candidates are ranked by fluency after edit size
+        # (`choose_counterfactual`); it loads on the first flip, once per process.
+        self.fluency_model = fluency_model
+        self.min_fluency_delta = min_fluency_delta if fluency_model else None
         self.clean_kwargs = dict(
             noun=noun, label_names=tuple(label_names), max_edit_fraction=max_edit_fraction
         )
         # The prompt showed only this many characters: candidates edit that part.
         self.max_input_chars = max_input_chars
+        # Sentence pairs: rows carry `kept` (the side left verbatim) beside `text` (the
+        # side edited); replies may name both sides ("Premise: ...").
+        self.edit_side = edit_side
+        first, second = pair_names or ("first text", "second text")
+        self.side_names = (second, first) if edit_side == "text_pair" else (first, second)
+
+    def _clean(self, raw: Any, shown: str, kept: str | None) -> tuple[str | None, str]:
+        """One candidate → (edited text, "") or (None, reason)."""
+        if kept is None:
+            return clean_candidate(raw, shown, **self.clean_kwargs)
+        edited_name, kept_name = self.side_names
+        raw, reason = split_pair_reply(raw, kept, kept_name, edited_name)
+        if raw is None:
+            return None, reason
+        # Which side was edited is decided before minimality: a rewrite of the premise
+        # is named for what it is, not as a long edit of the hypothesis.
+        loose = dict(self.clean_kwargs, max_edit_fraction=None)
+        text, reason = clean_candidate(raw, shown, **loose)
+        if text is None:
+            return None, reason
+        if edits_kept_side(text, kept, shown):
+            return None, REJECT_KEPT_CHANGED
+        if not is_minimal(shown, text, self.clean_kwargs["max_edit_fraction"]):
+            return None, REJECT_NOT_MINIMAL
+        return text, ""
+
+    def _fluency(self, original: str, texts: list[str]) -> list[dict[str, Any]]:
+        from raydistill.pipelines.fluency import scorer_for
+
+        return scorer_for(self.fluency_model).fluency_many(original, texts)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         n = len(batch["id"])
         cleaned: list[list[str]] = []
         rejects: list[dict[str, int]] = []
         flat: list[str] = []
+        kept_sides = [str(k) for k in batch["kept"]] if "kept" in batch else None
+        flat_kept: list[str] = []
         for i in range(n):
             kept, why = [], Counter()
             shown, rest = split_for_prompt(str(batch["text"][i]), self.max_input_chars)
+            side = kept_sides[i] if kept_sides is not None else None
             for raw in list(batch["candidates"][i]):
-                text, reason = clean_candidate(raw, shown, **self.clean_kwargs)
+                text, reason = self._clean(raw, shown, side)
                 if text is not None and rest:
                     # Splice the edited part back onto the part the model never saw.
                     text = re.sub(r"\s*(…|\.\.\.)$", "", text) + " " + rest
@@ -124,14 +246,16 @@ class FlipVerifier:
             cleaned.append(kept)
             rejects.append(dict(why))
             flat.extend(kept)
+            if side is not None:
+                flat_kept.extend([side] * len(kept))
         # Logits and pooled hidden states of every candidate in one forward: the chosen
         # one's are stored with the record, so training never runs the teacher again.
+        inputs = pair_inputs(flat, flat_kept if kept_sides is not None else None, self.edit_side)
         if flat:
-            logits, hidden = self.clf.logits_and_hidden(flat)
+            logits, hidden = self.clf.logits_and_hidden(inputs)
         else:
             logits, hidden = np.zeros((0, self.clf.num_labels)), np.zeros((0, 1, 1))
         probs = softmax(logits)
-        index = {t: j for j, t in enumerate(flat)}
         out: dict[str, list[Any]] = {
             k: []
             for k in (
@@ -143,24 +267,35 @@ class FlipVerifier:
                 "closest",
                 "rejects",
                 "num_valid",
+                "fluency",
+                "had_flip",
             )
         }
         pos = 0
         for i in range(n):
             k = len(cleaned[i])
             res = choose_counterfactual(
-                str(batch["text"][i]), cleaned[i], probs[pos : pos + k], int(batch["target"][i])
+                str(batch["text"][i]),
+                cleaned[i],
+                probs[pos : pos + k],
+                int(batch["target"][i]),
+                fluency=self._fluency if self.fluency_model else None,
+                min_fluency_delta=self.min_fluency_delta,
             )
+            if res["not_fluent"]:
+                rejects[i][REJECT_NOT_FLUENT] = res["not_fluent"]
+            j = pos + cleaned[i].index(res["text"]) if res["flipped"] else None
             pos += k
             out["flipped"].append(res["flipped"])
             out["cf_text"].append(res["text"])
             out["edit_words"].append(res["edit_words"])
-            j = index.get(res["text"]) if res["flipped"] else None
             out["cf_logits"].append(logits[j].tolist() if j is not None else [])
             out["cf_hidden"].append(hidden[j].tolist() if j is not None else [])
             out["closest"].append(res["closest"])
             out["rejects"].append(json.dumps(rejects[i]))
             out["num_valid"].append(k)
+            out["fluency"].append(json.dumps(res.get("fluency") or {}))
+            out["had_flip"].append(res["had_flip"])
         count_rows("verify", n)
         batch = dict(batch)
         batch.pop("candidates", None)
@@ -178,6 +313,9 @@ class GenerationStats:
     wall_s: float = 0.0
     rejects: dict[str, int] = field(default_factory=dict)
     edit_words: list[int] = field(default_factory=list)
+    # Items with a flipping candidate before the fluency threshold (= flipped without
+    # one): the flip rate the threshold cost.
+    flipped_unfiltered: int = 0
     rounds_used: dict[int, int] = field(default_factory=dict)
     # The request layer's counts for this generation (`LLMStats.summary()`): requests
     # sent, cache hits, errors by kind, tokens.
@@ -199,6 +337,9 @@ class GenerationStats:
             "flipped": self.flipped,
             "no_counterfactual": self.seeds - self.flipped,
             "flip_rate": round(self.flip_rate, 4),
+            "flip_rate_unfiltered": round(self.flipped_unfiltered / self.seeds, 4)
+            if self.seeds
+            else 0.0,
             "mean_edit_words": round(float(np.mean(self.edit_words)), 2)
             if self.edit_words
             else None,
@@ -226,37 +367,37 @@ def generate_counterfactuals(
     teacher_max_length: int = 64,
     teacher_num_gpus: float = 0.0,
     progress: Callable[[str], None] | None = None,
+    class_words: dict[str, list[str]] | None = None,
+    fluency_dir: str | None = None,
 ) -> tuple[list[dict[str, Any]], GenerationStats]:
-    """Seeds (annotated with `teacher_logits`) → one counterfactual record per seed.
+    """Seeds (annotated with `teacher_logits`) → one counterfactual record per seed and
+    target class (`gen.targets`: the runner-up, or every other class).
+
+    `class_words` (label name → typical words of the class in the training split,
+    `class_words.py`) are the few-shot demonstrations of multi-class prompts. Seeds with
+    `text_pair` are sentence pairs: `gen.edit_side` is edited, the other side kept.
+    With `targets: all` a record's id is `<seed id>>t<target>/cf`; with the runner-up it
+    is `<seed id>/cf`. `GenerationStats.seeds` counts (seed, target) items.
 
     `llm` is the `LLMClient` every request goes through (its cache makes a rerun repeat
     no finished request). For old callers, an `Endpoint` works too (positionally or as
     `endpoint=`, with `batch_size` / `concurrency`): it gets an uncached client. Raises
     `LLMStageError` when more than the client's `max_error_fraction` of one round's
-    requests fail. `gen.strategy` picks how candidates are written: "rewrite" (the LLM
+    requests fail. `fluency_dir` (a causal LM folder, `pipelines/fluency.py`): flips are
+    scored and ranked by fluency after edit size, below `gen.min_fluency_delta` dropped;
+    without it, records carry no fluency scores. `gen.strategy` picks how candidates are written: "rewrite" (the LLM
     rewrites the text, the CoD paper's prompt) or "swap" (teacher-guided word swaps,
     `pipelines/swaps.py`).
     """
     llm = _client(llm, endpoint, batch_size, concurrency)
     if teacher_dir is None or gen is None:
         raise TypeError("generate_counterfactuals() needs teacher_dir and gen")
-    stats = GenerationStats(seeds=len(seeds))
     if not seeds:
-        return [], stats
+        return [], GenerationStats()
     before = llm.stats.snapshot()
-    pending: dict[str, dict[str, Any]] = {}
-    for s in seeds:
-        src, tgt = target_label(softmax(np.asarray(s["teacher_logits"], dtype=np.float64)))
-        pending[s["id"]] = {
-            "id": s["id"],
-            "text": s["text"],
-            "label": int(s["label"]),
-            "source_label": src,
-            "target": tgt,
-            "previous": "",
-            "attempts": 0,
-            "tokens": 0,
-        }
+    pending = pending_items(seeds, gen)
+    order = list(pending)
+    stats = GenerationStats(seeds=len(pending))
     done: dict[str, dict[str, Any]] = {}
     t0 = time.perf_counter()
     verifier = dict(
@@ -266,13 +407,14 @@ def generate_counterfactuals(
         teacher_num_gpus=teacher_num_gpus,
         spec=spec,
         gen=gen,
+        fluency_dir=fluency_dir,
     )
     from raydistill.pipelines.generation_rounds import rewrite_rounds, swap_rounds
 
     if gen.strategy == "swap":
-        rounds = swap_rounds(pending, spec, llm, gen, verifier)
+        rounds = swap_rounds(pending, spec, llm, gen, verifier, class_words)
     elif gen.strategy == "rewrite":
-        rounds = rewrite_rounds(pending, spec, llm, gen, verifier)
+        rounds = rewrite_rounds(pending, spec, llm, gen, verifier, class_words)
     else:
         raise ValueError(f"generation.strategy must be 'rewrite' or 'swap', got {gen.strategy!r}")
     for rnd, results in rounds:
@@ -280,17 +422,29 @@ def generate_counterfactuals(
             p = pending[r["id"]]
             p["attempts"] += int(r["num_asked"])
             p["tokens"] += int(r.get("generated_tokens") or 0)
+            p["had_flip"] = bool(p.get("had_flip")) or bool(r.get("had_flip", r["flipped"]))
             stats.candidates += int(r["num_asked"])
             for k, v in json.loads(r["rejects"]).items():
                 stats.rejects[k] = stats.rejects.get(k, 0) + int(v)
+            if (
+                bool(r["flipped"])
+                and "kept" in p
+                and not kept_side_intact(
+                    p["original"], llm_record(p, r, source, rnd, True), p["edit_side"]
+                )
+            ):
+                # Never by construction; checked all the same, since a pair whose kept
+                # side moved is not the counterfactual of its seed.
+                r = dict(r, flipped=False, closest="")
+                stats.rejects[REJECT_KEPT_CHANGED] = stats.rejects.get(REJECT_KEPT_CHANGED, 0) + 1
             if bool(r["flipped"]):
-                done[p["id"]] = _record(p, r, source, rnd, True)
+                done[p["id"]] = llm_record(p, r, source, rnd, True)
                 del pending[p["id"]]
                 stats.rounds_used[rnd] = stats.rounds_used.get(rnd, 0) + 1
             else:
                 p["previous"] = str(r["closest"] or "")
                 if rnd == gen.rounds:
-                    done[p["id"]] = _record(p, r, source, rnd, False)
+                    done[p["id"]] = llm_record(p, r, source, rnd, False)
         if progress:
             flipped = sum(1 for d in done.values() if d["flipped"])
             left = len(pending) if rnd < gen.rounds else 0
@@ -299,15 +453,52 @@ def generate_counterfactuals(
             )
     stats.wall_s = time.perf_counter() - t0
     stats.llm = llm.stats.since(before).summary()
-    records = [done[s["id"]] for s in seeds]
+    records = [done[key] for key in order]
     for rec in records:
         stats.generated_tokens += rec["generated_tokens"]
+        stats.flipped_unfiltered += int(rec["flip_unfiltered"])
         if rec["flipped"]:
             stats.flipped += 1
             stats.edit_words.append(rec["edit_words"])
     set_gauge(FLIP_RATE, stats.flip_rate, task=spec.name)
     set_gauge(GEN_TOKENS_PER_S, stats.tokens_per_s, model=source)
     return records, stats
+
+
+def pending_items(seeds: list[dict[str, Any]], gen: CounterfactualConfig) -> dict[str, dict]:
+    """One generation item per (seed, target class), keyed by its id.
+
+    Sentence pairs: `text` is the side to edit, `kept` the other, `original` both.
+    """
+    policy = getattr(gen, "targets", "runner_up")
+    side = getattr(gen, "edit_side", "text_pair")
+    items: dict[str, dict[str, Any]] = {}
+    for s in seeds:
+        probs = softmax(np.asarray(s["teacher_logits"], dtype=np.float64))
+        src, targets = target_labels(probs, policy)
+        for tgt in targets:
+            key = s["id"] if policy == "runner_up" else f"{s['id']}>t{tgt}"
+            item = {
+                "id": key,
+                "parent_id": s["id"],
+                "text": s["text"],
+                "label": int(s["label"]),
+                "source_label": src,
+                "target": tgt,
+                "previous": "",
+                "attempts": 0,
+                "tokens": 0,
+            }
+            if s.get("text_pair") is not None:
+                kept_field = "text" if side == "text_pair" else "text_pair"
+                item.update(
+                    text=str(s[side]),
+                    kept=str(s[kept_field]),
+                    edit_side=side,
+                    original={"text": s["text"], "text_pair": s["text_pair"]},
+                )
+            items[key] = item
+    return items
 
 
 def _client(llm: Any, endpoint: Any, batch_size: int | None, concurrency: int | None) -> LLMClient:
@@ -336,42 +527,19 @@ def _client(llm: Any, endpoint: Any, batch_size: int | None, concurrency: int | 
     )
 
 
-def _record(
-    p: dict[str, Any], r: dict[str, Any], source: str, rnd: int, flipped: bool
-) -> dict[str, Any]:
-    return {
-        "id": f"{p['id']}/cf",
-        "parent_id": p["id"],
-        "source": source,
-        "text": str(r["cf_text"]) if flipped else "",
-        "label": int(p["target"]),
-        "parent_label": int(p["label"]),
-        "flipped": flipped,
-        "rounds": rnd,
-        "attempts": int(p["attempts"]),
-        "edit_words": int(r["edit_words"]) if flipped else -1,
-        "teacher_logits": _floats(r["cf_logits"]) if flipped else [],
-        "teacher_hidden": _floats(r["cf_hidden"]) if flipped else [],
-        "teacher_pred": int(p["target"]) if flipped else -1,
-        "generated_tokens": int(p["tokens"]),
-    }
-
-
-def _floats(x: Any) -> list:
-    """Arrow/numpy nested arrays → plain nested lists of float."""
-    return np.asarray(x.tolist() if hasattr(x, "tolist") else x, dtype=np.float32).tolist()
-
-
 def human_counterfactual_records(
     seeds: list[dict[str, Any]],
     human: dict[str, dict[str, Any]],
     teacher_dir: str,
     max_length: int = 64,
+    fluency_dir: str | None = None,
 ) -> tuple[list[dict[str, Any]], GenerationStats]:
     """IMDB-CAD: the human minimal edit of each seed, verified by the teacher all the same.
 
     The human label is kept (it is the ground truth); `flipped` records whether the
-    teacher agrees with it, which the report shows as teacher/human agreement.
+    teacher agrees with it, which the report shows as teacher/human agreement. With
+    `fluency_dir` every edit is scored (`human_fluency`): the reference LLM edits are
+    compared with.
     """
     stats = GenerationStats(seeds=len(seeds))
     missing = [s["id"] for s in seeds if s["id"] not in human]
@@ -380,6 +548,7 @@ def human_counterfactual_records(
     clf = Classifier(teacher_dir, max_length=max_length)
     texts = [human[s["id"]]["text"] for s in seeds]
     logits, hidden = clf.logits_and_hidden(texts)
+    scores = human_fluency(seeds, human, fluency_dir) if fluency_dir else {}
     records = []
     for s, text, lg, hd in zip(seeds, texts, logits, hidden, strict=True):
         label = int(human[s["id"]]["label"])
@@ -401,25 +570,12 @@ def human_counterfactual_records(
                 "teacher_hidden": hd.tolist(),
                 "teacher_pred": int(np.argmax(lg)),
                 "generated_tokens": 0,
+                "original_text": s["text"],
+                "flip_unfiltered": agrees,
+                **with_fluency_defaults(dict(scores.get(s["id"], {}))),
             }
         )
         stats.flipped += int(agrees)
+        stats.flipped_unfiltered += int(agrees)
         stats.edit_words.append(d)
     return records, stats
-
-
-def save_records(records: list[dict[str, Any]], path: str | Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.parquet")
-    pq.write_table(pa.Table.from_pylist(records), tmp)
-    tmp.rename(path)
-
-
-def load_records(path: str | Path) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path).to_pylist()

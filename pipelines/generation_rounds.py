@@ -14,6 +14,7 @@ rest and says which seeds are still pending before the next round is built.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 from raydistill.pipelines.counterfactuals import FlipVerifier
@@ -22,16 +23,24 @@ from raydistill.pipelines.prompts import counterfactual_messages
 
 def _verify(ds: Any, verifier: dict[str, Any], expected: int, rnd: int) -> list[dict[str, Any]]:
     """Rows with `candidates` → teacher-verified rows (one Ray Data stage), all of them."""
+    from raydistill.pipelines.swaps import edited_noun
+
     spec, gen = verifier["spec"], verifier["gen"]
     ds = ds.map_batches(
         FlipVerifier,
         fn_constructor_kwargs=dict(
             teacher_dir=verifier["teacher_dir"],
             max_length=verifier["teacher_max_length"],
-            noun=spec.noun,
+            noun=edited_noun(spec, gen.edit_side),
             label_names=tuple(spec.label_names),
             max_edit_fraction=gen.max_edit_fraction,
             max_input_chars=gen.max_input_chars if gen.strategy == "rewrite" else None,
+            edit_side=gen.edit_side,
+            pair_names=spec.pair_names,
+            # Flips ranked by fluency after edit size; the LM loads in this actor on its
+            # first flip (only flips and their originals are scored).
+            fluency_model=verifier.get("fluency_dir"),
+            min_fluency_delta=getattr(gen, "min_fluency_delta", None),
         ),
         batch_size=64,
         batch_format="numpy",
@@ -45,26 +54,45 @@ def _verify(ds: Any, verifier: dict[str, Any], expected: int, rnd: int) -> list[
     return results
 
 
-def rewrite_rounds(pending, spec, llm, gen, verifier):
+def _kept(p: dict[str, Any]) -> dict[str, Any]:
+    """The kept side of a sentence-pair item, as a row column (nothing for single texts)."""
+    return {"kept": p["kept"]} if "kept" in p else {}
+
+
+def rewrite_rounds(pending, spec, llm, gen, verifier, class_words=None):
     """The CoD paper's prompt: the LLM rewrites the text with a few words changed."""
     import ray
 
     from raydistill.pipelines.llm_stage import Sampling
+    from raydistill.pipelines.swaps import opposite_style
 
     for rnd in range(1, gen.rounds + 1):
         if not pending:
             return
         rows = []
         for p in pending.values():
+            tgt = spec.label_names[p["target"]]
             msgs = counterfactual_messages(
                 spec,
                 p["text"],
                 spec.label_names[p["source_label"]],
-                spec.label_names[p["target"]],
+                tgt,
                 previous=p["previous"] or None,
                 max_chars=gen.max_input_chars,
+                kept=p.get("kept"),
+                edit_side=gen.edit_side,
+                # Binary sentiment keeps its prompt; other tasks get the target's words.
+                target_words=None if opposite_style(spec) else (class_words or {}).get(tgt),
             )
-            rows.append({"id": p["id"], "text": p["text"], "target": p["target"], "messages": msgs})
+            rows.append(
+                {
+                    "id": p["id"],
+                    "text": p["text"],
+                    "target": p["target"],
+                    "messages": msgs,
+                    **_kept(p),
+                }
+            )
         sampling = Sampling(
             n=gen.num_candidates,
             temperature=gen.temperature,
@@ -81,18 +109,17 @@ def rewrite_rounds(pending, spec, llm, gen, verifier):
         yield rnd, results
 
 
-def swap_rounds(pending, spec, llm, gen, verifier):
+def swap_rounds(pending, spec, llm, gen, verifier, class_words=None):
     """Teacher-guided swaps (`pipelines/swaps.py`): round r asks for replacements of the
     top `swap_words[r-1]` salient words (reusing earlier answers) and verifies single and
     joint swaps."""
     import ray
 
+    from raydistill.pipelines.counterfactual_checks import check_replacement
     from raydistill.pipelines.llm_stage import Sampling
     from raydistill.pipelines.swaps import (
-        REJECT_UNPARSABLE,
         SWAP_MAX_TOKENS,
         Saliency,
-        parse_replacement,
         swap_candidates,
         swap_messages,
         word_spans,
@@ -100,7 +127,7 @@ def swap_rounds(pending, spec, llm, gen, verifier):
 
     most = max(gen.swap_words)
     seeds = [
-        {"id": p["id"], "text": p["text"], "source_label": p["source_label"]}
+        {"id": p["id"], "text": p["text"], "source_label": p["source_label"], **_kept(p)}
         for p in pending.values()
     ]
     ranked_rows = (
@@ -111,6 +138,7 @@ def swap_rounds(pending, spec, llm, gen, verifier):
                 teacher_dir=verifier["teacher_dir"],
                 max_length=verifier["teacher_max_length"],
                 top=most,
+                edit_side=gen.edit_side,
             ),
             batch_size=16,
             batch_format="numpy",
@@ -126,7 +154,7 @@ def swap_rounds(pending, spec, llm, gen, verifier):
             "spans": word_spans(text),
             "ranked": [int(i) for i in r["ranked"]],
             "replacements": {},
-            "unparsable": 0,
+            "refused": Counter(),  # replies refused, by reason (check_replacement)
             "asked": set(),
         }
     for rnd in range(1, gen.rounds + 1):
@@ -148,7 +176,14 @@ def swap_rounds(pending, spec, llm, gen, verifier):
                 ask.append(
                     {
                         "id": f"{pid}\t{i}",
-                        "messages": swap_messages(spec, word, p["source_label"], p["target"]),
+                        "messages": swap_messages(
+                            spec,
+                            word,
+                            p["source_label"],
+                            p["target"],
+                            class_words=class_words,
+                            edit_side=gen.edit_side,
+                        ),
                     }
                 )
         sampling = Sampling(
@@ -172,9 +207,9 @@ def swap_rounds(pending, spec, llm, gen, verifier):
                     errors[pid] = errors.get(pid, 0) + 1
                 reps = []
                 for raw in list(a["candidates"]):
-                    rep = parse_replacement(raw)
+                    rep, why = check_replacement(raw, word=word, label_names=spec.label_names)
                     if rep is None:
-                        inf["unparsable"] += 1
+                        inf["refused"][why] += 1
                     elif rep.lower() != word.lower() and rep not in reps:
                         reps.append(rep)
                 inf["replacements"][idx] = reps
@@ -196,15 +231,16 @@ def swap_rounds(pending, spec, llm, gen, verifier):
                     "candidates": cands,
                     "llm_error": "llm_error" if errors.get(pid) else "",
                     "generated_tokens": tokens.get(pid, 0),
-                    "unparsable": inf["unparsable"],
+                    "refused": json.dumps(dict(inf["refused"])),
                     "num_asked": asked_now.get(pid, 0),
+                    **_kept(p),
                 }
             )
-            inf["unparsable"] = 0
+            inf["refused"] = Counter()
         results = _verify(ray.data.from_items(rows), verifier, len(rows), rnd)
         for r in results:
             rej = json.loads(r["rejects"])
-            if int(r["unparsable"]):
-                rej[REJECT_UNPARSABLE] = rej.get(REJECT_UNPARSABLE, 0) + int(r["unparsable"])
+            for why, count in json.loads(r["refused"]).items():
+                rej[why] = rej.get(why, 0) + int(count)
             r["rejects"] = json.dumps(rej)
         yield rnd, results

@@ -49,12 +49,14 @@ from raydistill.pipelines.llm_stage import (
     ERROR_BAD_INPUT,
     ERROR_HTTP_5XX,
     RETRYABLE_KINDS,
+    SEED_COLUMN,
     ChatResult,
     Sampling,
     chat_stage,
     normalize_messages,
 )
 from raydistill.pipelines.request_cache import CachedAnswer, RequestCache, request_key
+from raydistill.progress import console
 
 logger = logging.getLogger(__name__)
 
@@ -283,6 +285,7 @@ class LLMClient:
         keys: list[str | None] = []
         bad: dict[int, str] = {}
         messages: dict[str, list[dict[str, str]]] = {}
+        seeds: dict[str, int] = {}  # keys of rows that carry their own sampling seed
         for i, row in enumerate(rows):
             if not isinstance(row, Mapping) or "messages" not in row:
                 raise ValueError(f"LLMClient.chat: row {i} has no `messages`: {row!r:.120}")
@@ -292,7 +295,14 @@ class LLMClient:
                 bad[i] = f"bad input row: {e}"
                 keys.append(None)
                 continue
-            key = request_key(self.model_id, msgs, sampling)
+            own = row.get(SEED_COLUMN)
+            if own is not None:
+                # The row's own seed is part of its request, and so of its cache key.
+                own = int(own)
+                key = request_key(self.model_id, msgs, dataclasses.replace(sampling, seed=own))
+                seeds[key] = own
+            else:
+                key = request_key(self.model_id, msgs, sampling)
             if key in messages:
                 call.duplicates += 1
             messages.setdefault(key, msgs)
@@ -300,8 +310,8 @@ class LLMClient:
         hits = self.cache.get_many(messages) if self.cache is not None else {}
         missing = [k for k in messages if k not in hits]
         try:
-            answers = self._send(missing, messages, sampling, call) if missing else {}
-            self._recover(answers, messages, sampling, call)
+            answers = self._send(missing, messages, sampling, call, seeds=seeds) if missing else {}
+            self._recover(answers, messages, sampling, call, seeds)
         except BaseException:
             self.stats.add(call)  # what was sent (and cached) before the interruption
             raise
@@ -372,6 +382,7 @@ class LLMClient:
         messages: dict[str, list[dict[str, str]]],
         sampling: Sampling,
         call: LLMStats,
+        seeds: dict[str, int] | None = None,
     ) -> None:
         """Send the recoverable failures in `answers` again (in place), round by round."""
         wait = self.recovery_wait_s
@@ -394,7 +405,7 @@ class LLMClient:
             )
             time.sleep(wait)
             call.recovery_rounds += 1
-            answers.update(self._send(failed, messages, sampling, call, resend=True))
+            answers.update(self._send(failed, messages, sampling, call, resend=True, seeds=seeds))
             wait *= 2
 
     def _send(
@@ -404,12 +415,22 @@ class LLMClient:
         sampling: Sampling,
         call: LLMStats,
         resend: bool = False,
+        seeds: dict[str, int] | None = None,
     ) -> dict[str, ChatResult]:
         """Send `keys` through the Ray Data chat stage; cache each batch as it arrives."""
         import ray.data
 
+        seeds = seeds or {}
+        items = [
+            {"_key": k, "messages": messages[k], **({SEED_COLUMN: seeds[k]} if k in seeds else {})}
+            for k in keys
+        ]
+        if seeds and len(seeds) < len(keys):
+            # One column for every row (Arrow): None keeps the call's own seed.
+            for it in items:
+                it.setdefault(SEED_COLUMN, None)
         ds = chat_stage(
-            ray.data.from_items([{"_key": k, "messages": messages[k]} for k in keys]),
+            ray.data.from_items(items),
             self.endpoint,
             sampling,
             batch_size=self.batch_size,
@@ -424,7 +445,11 @@ class LLMClient:
             call.resent += len(keys)
         else:
             call.requests_sent += len(keys)
+        # The open stage's progress line (e.g. "generate") counts requests answered.
+        line = console()
+        line.update(add_total=len(keys), unit="requests")
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            line.update(advance=batch.num_rows)
             done = []
             for rec in batch.to_pylist():
                 res = ChatResult(

@@ -23,6 +23,7 @@ tests, benchmarks and small jobs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import random
@@ -44,6 +45,8 @@ MAX_ERROR_CHARS = 500
 
 # What went wrong with a row (`ChatResult.error_kind`, the `llm_error_kind` column).
 ERROR_BAD_INPUT = "bad_input"  # the row's messages are not a list of {role, content}
+# Optional int column: the row's own sampling seed (overrides `Sampling.seed`).
+SEED_COLUMN = "sampling_seed"
 ERROR_TRANSPORT = "transport"  # connection refused/reset, DNS, protocol errors
 ERROR_TIMEOUT = "timeout"
 ERROR_HTTP_5XX = "http_5xx"
@@ -388,6 +391,9 @@ class _ChatBatch:
             raise ValueError(
                 f"chat_stage: rows need a `messages` column; got columns {table.column_names}"
             )
+        seeds = None
+        if SEED_COLUMN in table.column_names:
+            seeds = [None if v is None else int(v) for v in table.column(SEED_COLUMN).to_pylist()]
         results = chat_results(
             self.endpoint,
             table.column("messages").to_pylist(),
@@ -396,6 +402,7 @@ class _ChatBatch:
             timeout_s=self.timeout_s,
             max_retries=self.max_retries,
             backoff_s=self.backoff_s,
+            seeds=seeds,
         )
         table = table.drop_columns([c for c in OUT_COLUMNS if c in table.column_names])
         cols = {
@@ -424,6 +431,7 @@ async def _chat_async(
     timeout_s: float,
     max_retries: int,
     backoff_s: float = 1.0,
+    seeds: Sequence[int | None] | None = None,
 ) -> list[ChatResult]:
     import httpx
 
@@ -431,9 +439,10 @@ async def _chat_async(
     limits = httpx.Limits(max_connections=max(1, int(max_concurrency)))
     headers = {"Content-Type": "application/json", **endpoint.headers}
 
-    async def one(client: httpx.AsyncClient, messages: Any) -> ChatResult:
+    async def one(client: httpx.AsyncClient, messages: Any, seed: int | None) -> ChatResult:
+        own = sampling if seed is None else dataclasses.replace(sampling, seed=int(seed))
         try:
-            payload = build_payload(endpoint.model, normalize_messages(messages), sampling)
+            payload = build_payload(endpoint.model, normalize_messages(messages), own)
         except ValueError as e:
             return ChatResult([], 0, f"bad input row: {e}", error_kind=ERROR_BAD_INPUT, attempts=0)
         tries = max(0, int(max_retries)) + 1
@@ -466,7 +475,12 @@ async def _chat_async(
         )
 
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
-        return list(await asyncio.gather(*(one(client, m) for m in messages_list)))
+        row_seeds = list(seeds) if seeds is not None else [None] * len(messages_list)
+        return list(
+            await asyncio.gather(
+                *(one(client, m, sd) for m, sd in zip(messages_list, row_seeds, strict=True))
+            )
+        )
 
 
 def chat_results(
@@ -478,10 +492,21 @@ def chat_results(
     timeout_s: float = 600.0,
     max_retries: int = 2,
     backoff_s: float = 1.0,
+    seeds: Sequence[int | None] | None = None,
 ) -> list[ChatResult]:
-    """Like `chat_sync`, with the per-request error kept (`ChatResult.error`)."""
+    """Like `chat_sync`, with the per-request error kept (`ChatResult.error`).
+
+    `seeds`: a sampling seed per row (None keeps `sampling.seed`), so rows of several
+    callers with their own seeds share one pass through the pool."""
     coro = _chat_async(
-        endpoint, messages_list, sampling, max_concurrency, timeout_s, max_retries, backoff_s
+        endpoint,
+        messages_list,
+        sampling,
+        max_concurrency,
+        timeout_s,
+        max_retries,
+        backoff_s,
+        seeds,
     )
     try:
         asyncio.get_running_loop()

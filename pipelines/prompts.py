@@ -39,12 +39,31 @@ def counterfactual_messages(
     target_label: str,
     previous: str | None = None,
     max_chars: int = 600,
+    *,
+    kept: str | None = None,
+    edit_side: str = "text_pair",
+    target_words: list[str] | None = None,
 ) -> list[dict[str, str]]:
     """Ask for a minimal edit of `text` that moves it from `source_label` to `target_label`.
 
     `previous` is a failed attempt from an earlier round (the teacher still saw the source
     label in it); naming it gives the model feedback instead of an identical retry.
+    Sentence pairs: `text` is the side to edit, `kept` the other, shown verbatim and to be
+    left as it is. `target_words` (multi-class tasks: the target class's typical words
+    from the training split, `class_words.py`) are offered as a direction.
     """
+    if kept is not None:
+        return _pair_messages(
+            spec,
+            text,
+            kept,
+            source_label,
+            target_label,
+            previous,
+            max_chars,
+            edit_side,
+            target_words,
+        )
     text = truncate(text, max_chars)
     lines = [
         f"Task: {spec.label_meaning} of a {spec.noun}. Labels: {', '.join(spec.label_names)}.",
@@ -52,6 +71,8 @@ def counterfactual_messages(
         f"the words that make it {source_label} for words that make it {target_label}) so "
         f"that it becomes clearly {target_label}. Keep the rest of the words unchanged.",
     ]
+    if target_words:
+        lines.append(f"Words typical of {target_label}: {', '.join(target_words)}.")
     if previous:
         lines.append(
             f'An earlier attempt, "{truncate(previous, max_chars)}", was still read as '
@@ -60,6 +81,49 @@ def counterfactual_messages(
         )
     lines.append(f"\n{spec.noun.capitalize()}: {text}\n")
     lines.append(f"Rewritten {spec.noun} ({target_label}):")
+    return [
+        {"role": "system", "content": COUNTERFACTUAL_SYSTEM},
+        {"role": "user", "content": "\n".join(lines)},
+    ]
+
+
+def _pair_messages(
+    spec: TaskSpec,
+    text: str,
+    kept: str,
+    source_label: str,
+    target_label: str,
+    previous: str | None,
+    max_chars: int,
+    edit_side: str,
+    target_words: list[str] | None,
+) -> list[dict[str, str]]:
+    """The rewrite prompt for a sentence pair: both sides shown, one to edit."""
+    first, second = spec.pair_names or ("first text", "second text")
+    edited_name, kept_name = (second, first) if edit_side == "text_pair" else (first, second)
+    text, kept = truncate(text, max_chars), truncate(kept, max_chars)
+    lines = [
+        f"Task: {spec.label_meaning} of a {first} and a {second}. "
+        f"Labels: {', '.join(spec.label_names)}.",
+        f"The pair below is {source_label}. Change a few words of the {edited_name} so that "
+        f"the pair becomes clearly {target_label}. Keep the {kept_name} exactly as it is, "
+        f"and the rest of the {edited_name}'s words unchanged.",
+    ]
+    if target_words:
+        lines.append(f"Words typical of {target_label}: {', '.join(target_words)}.")
+    if previous:
+        lines.append(
+            f'An earlier {edited_name}, "{truncate(previous, max_chars)}", was still read as '
+            f"{source_label}. Change the words that decide it more decisively."
+        )
+    shown = [
+        (first, kept if edited_name == second else text),
+        (second, text if edited_name == second else kept),
+    ]
+    lines.append("")
+    lines += [f"{name.capitalize()}: {value}" for name, value in shown]
+    lines.append("")
+    lines.append(f"Rewritten {edited_name} ({target_label}):")
     return [
         {"role": "system", "content": COUNTERFACTUAL_SYSTEM},
         {"role": "user", "content": "\n".join(lines)},

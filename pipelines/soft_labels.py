@@ -25,6 +25,8 @@ class TeacherAnnotator:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         texts = [str(t) for t in batch["text"]]
+        if "text_pair" in batch:  # sentence-pair tasks: the teacher reads both sides
+            texts = list(zip(texts, [str(t) for t in batch["text_pair"]], strict=True))
         if self.with_hidden:
             logits, hidden = self.clf.logits_and_hidden(texts)
             batch["teacher_hidden"] = [h.astype(np.float32) for h in hidden]
@@ -45,12 +47,17 @@ def annotate_rows(
     batch_size: int = 64,
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
+    progress_stage: str | None = None,
 ) -> list[dict[str, Any]]:
     """Annotate plain rows through a Ray Data stage and return them (order kept).
 
     `num_gpus` (teacher.num_gpus) is the actor's GPU share: the classifier runs on CUDA
-    only when Ray assigned it one, never on a GPU it merely sees."""
+    only when Ray assigned it one, never on a GPU it merely sees. `progress_stage`: the
+    driver's progress line that counts rows as they come back (the annotation stage's;
+    verification passes during generation leave it None)."""
     import ray
+
+    from raydistill.progress import console
 
     if not rows:
         return []
@@ -66,7 +73,14 @@ def annotate_rows(
         num_cpus=num_cpus,
         num_gpus=float(num_gpus),
     )
-    out = ds.take_all()
+    line = console() if progress_stage else None
+    if line is not None:
+        line.update(progress_stage, total=len(rows), unit="rows")
+    out = []
+    for row in ds.iter_rows():  # what take_all does, with a count as rows arrive
+        out.append(row)
+        if line is not None:
+            line.update(progress_stage, advance=1)
 
     def key(r: dict[str, Any]) -> tuple[Any, Any]:
         return (r["id"], r.get("split"))

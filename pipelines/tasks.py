@@ -45,10 +45,17 @@ class TaskSpec:
     package: str | None = None
     # Hub field names for non-classification kinds (field role → Hub column).
     hub_fields: dict[str, str] = field(default_factory=dict)
+    # Sentence-pair classification: how prompts name the two sides (text, text_pair),
+    # e.g. ("premise", "hypothesis"). None: rows have one text.
+    pair_names: tuple[str, str] | None = None
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    @property
+    def is_pair(self) -> bool:
+        return self.pair_names is not None
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -210,6 +217,7 @@ TASKS.update(
             hub_text_fields=("premise",),
             hub_text_pair_field="hypothesis",
             hub_drop_labels=(-1,),
+            pair_names=("premise", "hypothesis"),
         ),
         "mnli": TaskSpec(
             name="mnli",
@@ -222,6 +230,7 @@ TASKS.update(
             hub_text_fields=("premise",),
             hub_text_pair_field="hypothesis",
             hub_drop_labels=(-1,),
+            pair_names=("premise", "hypothesis"),
         ),
     }
 )
@@ -231,10 +240,23 @@ class UnknownTaskError(ValueError):
     pass
 
 
+def pair_names_of(text_column: str, text_pair_column: str) -> tuple[str, str]:
+    """How prompts name a custom pair task's sides: its column names, read as words
+    ("premise" / "hypothesis"), or "first text" / "second text" for generic ones."""
+    generic = {"text", "text_pair", "text1", "text2", "text_a", "text_b", "a", "b"}
+    if {text_column.lower(), text_pair_column.lower()} & generic:
+        return ("first text", "second text")
+    return (text_column.replace("_", " "), text_pair_column.replace("_", " "))
+
+
 def get_task(
-    name: str, label_names: list[str] | None = None, kind: str = "classification"
+    name: str,
+    label_names: list[str] | None = None,
+    kind: str = "classification",
+    pair_names: tuple[str, str] | None = None,
 ) -> TaskSpec:
-    """Look a task up; `custom` builds a spec from the recipe's kind and label names."""
+    """Look a task up; `custom` builds a spec from the recipe's kind and label names
+    (and, for sentence-pair classification, the names of its two sides)."""
     if name == "custom":
         if kind in ("seq2seq", "mcqa"):
             return TaskSpec(name="custom", label_names=(), kind=kind)
@@ -252,7 +274,7 @@ def get_task(
                 "task 'custom' needs data.label_names with at least two labels "
                 "(in index order), plus data.train_file / dev_file / test_file"
             )
-        return TaskSpec(name="custom", label_names=tuple(label_names))
+        return TaskSpec(name="custom", label_names=tuple(label_names), pair_names=pair_names)
     if name not in TASKS:
         raise UnknownTaskError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}, custom")
     spec = TASKS[name]
@@ -265,4 +287,6 @@ def get_task(
 
 def spec_for(data) -> TaskSpec:
     """The spec a DataConfig names (custom tasks take data.kind into account)."""
-    return get_task(data.task, data.label_names, getattr(data, "kind", "classification"))
+    pair_col = getattr(data, "text_pair_column", None)
+    pairs = pair_names_of(data.text_column, pair_col) if pair_col else None
+    return get_task(data.task, data.label_names, getattr(data, "kind", "classification"), pairs)

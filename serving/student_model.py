@@ -18,7 +18,8 @@ KIND = "sequence_classification"
 class StudentClassifier:
     """An HF sequence classifier folder, ready to label texts.
 
-    `classify(texts)` returns, per text, `{"label", "label_id", "probs": {label: p}}` with
+    `classify(texts)` returns, per text (or (text, text_pair) sentence pair, tokenized
+    as the tokenizer's pair), `{"label", "label_id", "probs": {label: p}}` with
     label names from `config.id2label`. Texts are truncated to `max_length` tokens and
     processed `batch_size` at a time in eval mode under `torch.no_grad()`; all texts of
     one call are tokenized together, so a served batch costs one tokenizer call per chunk.
@@ -52,12 +53,13 @@ class StudentClassifier:
     max_length = property(lambda self: self._clf.max_length)
     batch_size = property(lambda self: self._clf.batch_size)
 
-    def classify(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+    def classify(self, texts: Sequence[str | tuple[str, str]]) -> list[dict[str, Any]]:
+        """Label each text, or each (text, text_pair) sentence pair (the two may mix)."""
         from raydistill.training.classifier import softmax
 
         if isinstance(texts, str):
             raise TypeError("classify() takes a list of strings, not a single string")
-        texts = list(texts)
+        texts = [tuple(t) if isinstance(t, list) else t for t in texts]
         if not texts:
             return []
         probs = softmax(self._clf.logits(texts)).tolist()

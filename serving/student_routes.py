@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, StrictStr, create_model
 
+from .request_inputs import MalformedInput, classify_input
 from .student_kinds import CLASSIFY, ENDPOINT_OF_KIND, GENERATIVE, TAG
 
 if TYPE_CHECKING:
@@ -236,9 +237,21 @@ def build_fastapi(ingress: "StudentAPI"):
     ClassifyRequest = _request_model(
         "ClassifyRequest",
         by_kind["classify"],
-        StrictStr,
-        text_item,
-        f"Texts to classify ({limits}; 413 beyond them).",
+        StrictStr | list[StrictStr] | dict[StrictStr, StrictStr],
+        {
+            "anyOf": [
+                text_item,
+                {"type": "array", "items": text_item, "minItems": 2, "maxItems": 2},
+                {
+                    "type": "object",
+                    "properties": {"text": text_item, "text_pair": text_item},
+                    "required": ["text", "text_pair"],
+                    "additionalProperties": False,
+                },
+            ]
+        },
+        f"Texts to classify ({limits}; 413 beyond them), or sentence pairs as "
+        '[text, text_pair] or {"text": ..., "text_pair": ...} (NLI: premise, hypothesis).',
     )
 
     @app.post(
@@ -250,8 +263,12 @@ def build_fastapi(ingress: "StudentAPI"):
         responses=errors,
     )
     async def classify(req: ClassifyRequest):  # type: ignore[valid-type]
-        results = await call("classify", req.model, req.inputs)
-        ingress.maybe_shadow(req.model, req.inputs, results)
+        try:
+            inputs = [classify_input(x, i) for i, x in enumerate(req.inputs)]
+        except MalformedInput as e:
+            raise HTTPException(status_code=422, detail=str(e)) from e
+        results = await call("classify", req.model, inputs)
+        ingress.maybe_shadow(req.model, inputs, results)
         return ok({"model": req.model, "results": results})
 
     TagRequest = _request_model(

@@ -45,6 +45,43 @@ def test_render_names_each_data_sets_command_and_the_ceiling():
     assert "2 (50%)" in md
 
 
+def test_quality_table_puts_fluency_per_generator_beside_the_human_reference():
+    from benchmarks.cod_table import quality_table
+
+    def fl(delta, oov, n, **kw):
+        return {"mean_delta": delta, "share_with_oov": oov, "n": n, "model": "gemma3-270m", **kw}
+
+    llm = _report()
+    llm["counterfactuals"] |= {"flip_rate": 0.5, "mean_edit_words": 1.4}
+    llm["counterfactuals"]["fluency"] = fl(-0.8123, 0.25, 20)
+    fluent = _report()
+    fluent["counterfactuals"] |= {"flip_rate": 0.4, "flip_rate_unfiltered": 0.5}
+    fluent["counterfactuals"]["fluency"] = fl(-0.2, 0.0, 16, min_fluency_delta=-0.5)
+    imdb = _report()
+    imdb["counterfactuals"] |= {"flip_rate": 0.6}
+    imdb["counterfactuals"]["fluency"] = fl(-0.31, 0.1, 10)
+    imdb["counterfactuals"]["fluency_human"] = fl(-0.05, 0.02, 12)
+    human = _report()
+    human["counterfactuals"] = {"source": "human:cad", "seeds": 12, "flip_rate": 0.9}
+    human["counterfactuals"]["fluency"] = fl(-0.05, 0.02, 12)
+    old = _report()  # a run from before fluency: dashes, not an error
+    lines = quality_table(
+        {"sst2": llm, "sst2-fluent": fluent, "imdb-llm": imdb, "imdb-human": human, "old": old}
+    )
+    rows = {line.split(" | ")[0] + " | " + line.split(" | ")[1]: line for line in lines[6:-2]}
+    assert rows["| sst2 | llm:x"].endswith("| -0.812 | 25% | 20 |")
+    assert "| 0.4 (0.5 without Δ ≥ -0.5) |" in rows["| sst2-fluent | llm:x"]
+    assert rows["| imdb-llm | llm:x"].endswith("| -0.310 | 10% | 10 |")
+    ref = rows["| imdb-llm | human:cad, same seeds (reference)"]
+    assert (
+        ref
+        == "| imdb-llm | human:cad, same seeds (reference) | 12 | – | – | – | – | -0.050 | 2% | 12 |"
+    )
+    assert rows["| imdb-human | human:cad"].endswith("| -0.050 | 2% | 12 |")
+    assert rows["| old | llm:x"].endswith("| – | – | – |")
+    assert lines[-1] == "Fluency LM: gemma3-270m."
+
+
 def test_decode_ceiling_times_the_models_own_matmul_shapes(tmp_path):
     import json
 

@@ -75,16 +75,18 @@ def _prepared(cfg) -> Prepared:
             )
     # Counterfactuals for two of the CoD seeds only (the others got none).
     cfs = {
-        pid: {
-            "id": f"{pid}/cf",
-            "parent_id": pid,
-            "text": originals[pid]["text"] + " not",
-            "label": 1 - originals[pid]["label"],
-            "teacher_logits": [0.9, 0.1] if originals[pid]["label"] else [0.1, 0.9],
-            "teacher_hidden": rng.normal(size=(3, 4)).tolist(),
-            "flipped": True,
-            "source": "llm:x",
-        }
+        pid: [
+            {
+                "id": f"{pid}/cf",
+                "parent_id": pid,
+                "text": originals[pid]["text"] + " not",
+                "label": 1 - originals[pid]["label"],
+                "teacher_logits": [0.9, 0.1] if originals[pid]["label"] else [0.1, 0.9],
+                "teacher_hidden": rng.normal(size=(3, 4)).tolist(),
+                "flipped": True,
+                "source": "llm:x",
+            }
+        ]
         for pid in ("r23", "r15")
     }
     return Prepared(

@@ -102,6 +102,16 @@ def test_counterfactual_records_are_complete(smoke_run):
             assert max(range(2), key=lambda i: r["teacher_logits"][i]) == r["label"]
         else:
             assert r["text"] == "" and r["rounds"] == 2
+    # Fluency (the smoke recipe's tiny LM): every kept flip is scored, and
+    # counterfactuals.md shows it per edit.
+    flipped = [r for r in rows if r["flipped"]]
+    assert flipped
+    for r in flipped:
+        assert r["lp_delta"] == pytest.approx(r["lp_edit"] - r["lp_orig"], abs=1e-5)
+        assert r["lp_orig"] < 0 and r["lp_edit"] < 0
+    md = (out / "counterfactuals.md").read_text()
+    for r in flipped:
+        assert f"{r['lp_orig']:.2f} → {r['lp_edit']:.2f} ({r['lp_delta']:+.2f})" in md
 
 
 def test_cod_budget(smoke_run):

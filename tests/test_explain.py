@@ -58,6 +58,15 @@ def _chain_answers(payload):
     from scripted_llm import completion, last_user_message
 
     msg = last_user_message(payload)
+    if "Rate the explanation" in msg:
+        # Two judge samples: the second disagrees on contrastiveness by one point; every
+        # sixth item's second sample is prose (a counted failure, never a score).
+        dims = ["plausibility", "understandability", "completeness", "satisfaction"]
+        first = {**dict.fromkeys(dims, 4), "contrastiveness": 3}
+        second = json.dumps({**first, "contrastiveness": 4})
+        if sum(map(ord, msg)) % 6 == 0:
+            second = "Quite good overall."
+        return 200, completion([json.dumps(first), second][: payload.get("n", 1)])
     if msg.startswith("Critique this"):
         flaw = sum(map(ord, json.dumps(payload))) % 2 == 0  # some flawed, some not
         return 200, completion([json.dumps({"flaw": flaw, "critique": "Say why not the others."})])
@@ -102,6 +111,20 @@ def test_explain_end_to_end_and_resume(ray_session, data_dir, tmp_path):
         for r in report["results"]:
             assert 0.0 <= r["accuracy"] <= 1.0
         assert by_arm["multitask:human"]["explanation_rougeL"] is not None
+        # Kept generations, cosine and length, the judge and the report's files.
+        assert by_arm["multitask:human"]["explanation_cosine"] is not None
+        assert 0 < len(by_arm["multitask:human"]["examples"]) <= cfg.method.judge_examples
+        j = report["judge"]
+        assert {"teacher human", "teacher original", "teacher revised"} <= set(j["groups"])
+        assert "student multitask:human k=16" in j["groups"]
+        for g in j["groups"].values():
+            assert g["parsed"] + sum(g["failures"].values()) == g["samples"]
+            assert g["agreement_within_1"] in (None, 1.0)
+        assert j["original_vs_revised"]["n"] >= 0
+        assert report["examples"]["multitask:human"][0]["explanation"] is not None
+        out = tmp_path / "out"
+        assert (out / "explain.png").exists() and "## The judge" in (out / "report.md").read_text()
+        assert "explanations" not in report["results"][0]
         ckpt = json.loads((tmp_path / "out" / "results.jsonl").read_text().splitlines()[0])
         AutoModelForCausalLM.from_pretrained(ckpt["checkpoint"])
         again = run(cfg)

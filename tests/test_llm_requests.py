@@ -327,6 +327,29 @@ def test_chat_keeps_rows_in_order_answers_from_cache_and_sends_duplicates_once(
 
 
 @pytest.mark.ray
+def test_rows_with_their_own_sampling_seed_share_one_call(ray_session, server, tmp_path):
+    """Several callers' rows in one pass (the weakness loop's arms in one round): each
+    row's `sampling_seed` reaches the pool and its cache key; rows without one keep the
+    call's seed; the same prompt under two seeds is two requests."""
+    cache = RequestCache.in_dir(tmp_path)
+    rows = _rows(3)
+    rows = [dict(r, sampling_seed=7) for r in rows] + [
+        dict(rows[0], id="again", sampling_seed=8),
+        dict(rows[1], id="plain"),
+    ]
+    out = _client(server, cache).chat(rows, Sampling(n=1, seed=1))
+    assert [o["id"] for o in out] == [r["id"] for r in rows]
+    assert all(o["llm_error"] == "" for o in out)
+    sent = sorted((last_user_message(p), p.get("seed")) for p in server.received())
+    assert sent == [("p0", 7), ("p0", 8), ("p1", 1), ("p1", 7), ("p2", 7)]
+    # A rerun of any one row alone, with its seed, is a cache hit.
+    hit = _client(server, RequestCache.in_dir(tmp_path)).chat([rows[3]], Sampling(n=1, seed=1))
+    assert hit[0]["cached"] and server.count == 5
+    miss = _client(server, cache).chat([dict(rows[3], sampling_seed=9)], Sampling(n=1, seed=1))
+    assert not miss[0]["cached"] and server.count == 6
+
+
+@pytest.mark.ray
 def test_rerun_after_failures_sends_only_the_unfinished_rows(ray_session, server, tmp_path):
     """Issue 11's acceptance test: count what the endpoint receives across a rerun."""
     rows = _rows(10)

@@ -2,8 +2,9 @@
 
 The driver is `raydistill run` in a subprocess, joined to a `ray start --head` cluster
 that outlives it (as under `ray job submit`, where the cluster is not the driver's). It is
-killed twice — once in the middle of counterfactual generation, once as the students
-start training — and the third run finishes. The generator is a scripted
+killed twice — once in the middle of counterfactual generation, once after the first
+student of the training stage has finished — and the third run finishes without training
+that student again. The generator is a scripted
 OpenAI-compatible server that counts requests, so "finished requests are not sent
 again" is checked on the wire, and the ledger and report must show what was reused.
 """
@@ -89,6 +90,26 @@ def _run_until(cmd, env, log: Path, until) -> int | None:
         return p.returncode
 
 
+def _finished_students(out: Path) -> dict[str, list[str]]:
+    """Students' Ray Train checkpoints that the controller registered (named in its
+    snapshot) and that hold a finished job (not a partial one): job → folder names."""
+    found: dict[str, list[str]] = {}
+    for run in (out / "ray_train").glob("students-*"):
+        snap = run / "checkpoint_manager_snapshot.json"
+        try:
+            registered = snap.read_text()
+        except OSError:
+            continue
+        for info in run.glob("checkpoint_*/raydistill_train.json"):
+            try:
+                meta = json.loads(info.read_text())
+            except (OSError, ValueError):
+                continue
+            if not meta.get("partial") and info.parent.name in registered:
+                found.setdefault(meta["job"], []).append(info.parent.name)
+    return found
+
+
 def test_driver_killed_twice_then_rerun_resumes(head, tmp_path, data_dir):
     from scripted_llm import ScriptedLLM
 
@@ -104,10 +125,12 @@ def test_driver_killed_twice_then_rerun_resumes(head, tmp_path, data_dir):
         # 1: killed once some generation requests have been answered (and cached).
         assert _run_until(cmd, env, tmp_path / "run1.log", lambda: llm.count >= 4) is None
         first = llm.count
-        # 2: killed once the students' Ray Train run has started (generation finished).
-        started = lambda: any((out / "ray_train").glob("students-*"))  # noqa: E731
-        assert _run_until(cmd, env, tmp_path / "run2.log", started) is None
+        # 2: killed once the students' Ray Train run has finished (and registered) its
+        # first student: the ledger has no row yet (rows land when the fit returns).
+        one_done = lambda: len(_finished_students(out)) >= 1  # noqa: E731
+        assert _run_until(cmd, env, tmp_path / "run2.log", one_done) is None
         second = llm.count
+        trained_before = _finished_students(out)
         assert not (out / "results.jsonl").exists() or not (out / "results.jsonl").read_text()
         # 3: runs to the end.
         rc = _run_until(cmd, env, tmp_path / "run3.log", None)
@@ -123,6 +146,14 @@ def test_driver_killed_twice_then_rerun_resumes(head, tmp_path, data_dir):
     assert sorted(r["job"] for r in rows) == sorted(
         f"{a}-k8-s0" for a in ("kd", "kd+cod", "lwd", "lwd+cod")
     )
+    # Run 3 picked up run 2's Ray Train run (same name) and did not train its finished
+    # student again: one finished checkpoint per student, the early one(s) kept.
+    assert len(list((out / "ray_train").glob("students-*"))) == 1
+    finished = _finished_students(out)
+    assert sorted(finished) == sorted(r["job"] for r in rows), finished
+    assert all(len(v) == 1 for v in finished.values()), finished
+    for job, folders in trained_before.items():
+        assert finished[job] == folders, f"{job} was trained again by run 3"
     report = json.loads((out / "report.json").read_text())
     assert report["reused"]["teacher"] is True
     assert report["reused"]["counterfactual_seeds"] == "4 of 4"

@@ -184,7 +184,12 @@ def test_healthz_and_docs_open(server):
     # The schema names the served models, so fuzzers reach the handler.
     req = spec["components"]["schemas"]["ClassifyRequest"]["properties"]
     assert req["model"]["enum"] == ["small", "wide"]
-    assert req["inputs"]["items"]["maxLength"] == MAX_CHARS
+    # A text, a [text, text_pair] pair or a {"text", "text_pair"} object: each string
+    # carries the limit.
+    text, pair, obj = req["inputs"]["items"]["anyOf"]
+    assert text["maxLength"] == MAX_CHARS
+    assert pair["items"]["maxLength"] == MAX_CHARS and pair["maxItems"] == 2
+    assert obj["properties"]["text_pair"]["maxLength"] == MAX_CHARS
 
 
 def test_models(server):

@@ -269,8 +269,9 @@ def test_weakness_loop_end_to_end_and_resume(ray_session, data_dir, tmp_path):
         resumed = run(cfg)
         assert llm.count == sent, "the resumed round sent requests the cache holds"
         assert "train" in resumed["timings"]
-        fresh = [json.loads(ln) for ln in ledger.read_text().splitlines()[len(keep) :]]
-        fresh = [r for r in fresh if isinstance(r, dict) and "job" in r and r.get("round")]
+        after = ledger.read_text().splitlines()
+        assert after[len(keep)] == '{"job": "torn-mid-wri', "the torn line was overwritten"
+        fresh = [json.loads(ln) for ln in after[len(keep) + 1 :]]
         assert sorted(r["job"] for r in fresh) == sorted(
             r["job"] for r in report["results"] if r["round"] == last
         ), "the rerun trained other students than the interrupted round's"
@@ -285,3 +286,14 @@ def test_weakness_loop_end_to_end_and_resume(ray_session, data_dir, tmp_path):
                     assert va == pytest.approx(b[key], abs=0.02), key
                 else:
                     assert va == b[key], key
+
+
+def test_ner_schema_constrains_entity_types_to_the_task():
+    from raydistill.pipelines.augment_prompts import NER_SCHEMA, schema_for
+
+    s = schema_for("token_classification", TYPES)
+    typ = s["properties"]["entities"]["items"]["properties"]["type"]
+    assert typ == {"type": "string", "enum": TYPES}
+    # The shared constant is not mutated; classification keeps its schema.
+    assert "enum" not in NER_SCHEMA["properties"]["entities"]["items"]["properties"]["type"]
+    assert schema_for("classification", TYPES) == schema_for("classification")

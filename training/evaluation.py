@@ -14,20 +14,28 @@ from typing import Any
 import numpy as np
 import torch
 
+from raydistill.training.classifier import Input, encode, row_input
+
+
+def _chars(item: Input) -> int:
+    return len(item) if isinstance(item, str) else sum(len(x) for x in item)
+
 
 class EvalSet:
-    """One rank's slice of `texts`, tokenized once in length-sorted batches."""
+    """One rank's slice of `texts` (texts or (text, text_pair) pairs, not mixed),
+    tokenized once in length-sorted batches."""
 
-    def __init__(self, tokenizer, texts: list[str], max_length: int, rank=0, world=1, bs=128):
+    def __init__(self, tokenizer, texts: list[Input], max_length: int, rank=0, world=1, bs=128):
         self.n = len(texts)
         self.world = world
         self.per = math.ceil(self.n / world) if self.n else 0
         lo, hi = min(rank * self.per, self.n), min((rank + 1) * self.per, self.n)
         mine = texts[lo:hi]
-        self.order = np.argsort([len(t) for t in mine], kind="stable")
+        self.order = np.argsort([_chars(t) for t in mine], kind="stable")
         self.batches = []
         for i in range(0, len(mine), bs):
-            enc = tokenizer(
+            enc = encode(
+                tokenizer,
                 [mine[j] for j in self.order[i : i + bs]],
                 truncation=True,
                 max_length=max_length,
@@ -68,8 +76,9 @@ class Evaluator:
             if rows and "teacher_pred" in rows[0]
             else None
         )
-        self.texts = EvalSet(tokenizer, [r["text"] for r in rows], max_length, rank, world, bs)
-        # pairs: [(orig_teacher_pred, orig_text, cf_teacher_pred, cf_text)]
+        self.texts = EvalSet(tokenizer, [row_input(r) for r in rows], max_length, rank, world, bs)
+        # pairs: [(orig_teacher_pred, orig_text, cf_teacher_pred, cf_text)]; on sentence-pair
+        # tasks the texts are (text, text_pair) tuples
         self.pairs = list(pairs or [])
         self.pair_texts = (
             EvalSet(

@@ -11,13 +11,17 @@ and resumes the job in flight from its latest partial checkpoint
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
 import numpy as np
 import torch
 
+from raydistill.progress import WorkerProgress, console, follow_workers
 from raydistill.training.loop import TrainJob, run_job
+
+log = logging.getLogger(__name__)
 
 
 def _restart_point(jobs: list[TrainJob]) -> tuple[int, int | None, Any, list[float]]:
@@ -42,10 +46,13 @@ def _restart_point(jobs: list[TrainJob]) -> tuple[int, int | None, Any, list[flo
             f"this fit's job {i}: refusing to resume a different job list"
         )
     scores = [float(x) for x in info.get("dev_scores", [])]
-    print(
-        f"[raydistill] worker group restarted: resuming at job {i + 1}/{len(jobs)} "
-        f"({info['job']}{', step ' + str(info['step']) if info.get('partial') else ', done'})",
-        flush=True,
+    # Logged, not printed: see loop._progress for why worker lines are not prints.
+    log.warning(
+        "worker group restarted: resuming at job %d/%d (%s%s)",
+        i + 1,
+        len(jobs),
+        info["job"],
+        f", step {info['step']}" if info.get("partial") else ", done",
     )
     if info.get("partial"):
         return i, i, ckpt, scores
@@ -90,6 +97,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         dist.broadcast_object_list(token, src=0)
     jobs: list[TrainJob] = config["jobs"]
     first, resume_index, resume_ckpt, dev_scores = _restart_point(jobs)
+    # Rank 0 tells the driver's progress line where it is (a no-op without counters).
+    counters = config.get("progress") or {}
+    tell = WorkerProgress(counters.get("actor") if rank == 0 else None, counters.get("stage"))
 
     def provenance(ckpt_dir: str, index: int, **extra) -> None:
         # Next to the weights (Ray keeps only scalar-friendly metrics): where it ran and,
@@ -127,6 +137,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 )
             else:
                 ray.train.report(metrics)
+            tell.finish(jobs[index].name)
 
         def report_partial(step: int, ckpt_dir: str) -> None:
             if rank == 0:
@@ -154,10 +165,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 ckpts = JobCheckpoints(
                     job.checkpoint_every, rank, job.zero_stage, report_partial, resume_dir=d
                 )
-                run_job(job, rank, world, report, ckpts)
+                run_job(job, rank, world, report, ckpts, on_step=tell.step)
         else:
             ckpts = JobCheckpoints(job.checkpoint_every, rank, job.zero_stage, report_partial)
-            run_job(job, rank, world, report, ckpts)
+            run_job(job, rank, world, report, ckpts, on_step=tell.step)
 
 
 def fit_jobs(
@@ -171,11 +182,16 @@ def fit_jobs(
     run_callbacks: list | None = None,
     placement_strategy: str = "PACK",
     max_failures: int = 1,
+    progress_stage: str | None = None,
+    progress_by: str = "jobs",
+    progress_initial: int = 0,
 ) -> list[tuple[dict[str, Any], Any]]:
     """Run jobs in one TorchTrainer; return [(metrics, Checkpoint)] in job order.
 
     `threads_per_worker=None`: each worker uses its node's cores divided by the workers
-    on that node.
+    on that node. `progress_stage`: the driver's progress line the workers feed while
+    `fit` runs, counting jobs finished (`progress_by="jobs"`, plus `progress_initial`
+    done before) or the steps of a single long job (`"steps"`); see raydistill.progress.
 
     Up to `max_failures` worker-group failures (a killed worker, a lost node) are
     survived: Ray Train restarts the group and it continues from the latest checkpoint
@@ -185,25 +201,33 @@ def fit_jobs(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"jobs": jobs, "threads_per_worker": threads_per_worker},
-        scaling_config=ScalingConfig(
-            num_workers=num_workers, use_gpu=use_gpu, placement_strategy=placement_strategy
-        ),
-        run_config=RunConfig(
-            name=name,
-            storage_path=storage_path,
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=len(jobs) + 1,
-                checkpoint_score_attribute="_keep",
-                checkpoint_score_order="max",
+    with follow_workers(progress_stage, progress_by, progress_initial) as counters:
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={
+                "jobs": jobs,
+                "threads_per_worker": threads_per_worker,
+                "progress": {"actor": counters, "stage": progress_stage} if counters else None,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=num_workers, use_gpu=use_gpu, placement_strategy=placement_strategy
             ),
-            failure_config=FailureConfig(max_failures=max_failures),
-            callbacks=run_callbacks,
-        ),
-    )
-    result = trainer.fit()
+            run_config=RunConfig(
+                name=name,
+                storage_path=storage_path,
+                checkpoint_config=CheckpointConfig(
+                    num_to_keep=len(jobs) + 1,
+                    checkpoint_score_attribute="_keep",
+                    checkpoint_score_order="max",
+                ),
+                failure_config=FailureConfig(max_failures=max_failures),
+                callbacks=run_callbacks,
+            ),
+        )
+        # A worker's failure comes back here as the exception Ray Train raises, with the
+        # worker's traceback in its message: the console shows it even though workers'
+        # output is not echoed (cluster/cli.py prints uncaught errors in full).
+        result = trainer.fit()
     if result.error:
         raise result.error
     got = list(result.best_checkpoints or [])
@@ -211,4 +235,8 @@ def fit_jobs(
     missing = [j.name for j in jobs if j.name not in by_job]
     if missing:
         raise RuntimeError(f"training finished without checkpoints for jobs {missing}")
+    if progress_stage is not None:
+        console().complete(
+            progress_stage, None if progress_by == "steps" else progress_initial + len(jobs)
+        )
     return [by_job[j.name] for j in jobs]

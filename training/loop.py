@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import tempfile
 import time
@@ -31,6 +32,8 @@ from raydistill.training.devices import assigned_device, bf16_supported
 from raydistill.training.evaluation import Evaluator, evaluate  # noqa: F401  (re-exported)
 from raydistill.training.losses import distill_loss
 from raydistill.training.students import DistillStudent
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,6 +79,9 @@ class TrainJob:
     mode: str = "answer"
     max_new_tokens: int = 32
     prompt_format: str | None = None
+    # Generative mcqa students: keep the first N test generations in the metrics
+    # (`StudentKind.keep_examples`; the explain method judges them). 0 = keep none.
+    keep_examples: int = 0
 
 
 def _get(x: Any) -> Any:
@@ -131,8 +137,12 @@ class _Batcher:
     """Tokenize once per job; slice tensors per step."""
 
     def __init__(self, tokenizer, rows: list[dict[str, Any]], max_length: int):
-        enc = tokenizer(
-            [r["text"] for r in rows],
+        from raydistill.training.classifier import encode, row_input
+
+        # Sentence-pair rows (text + text_pair) are tokenized as pairs.
+        enc = encode(
+            tokenizer,
+            [row_input(r) for r in rows],
             truncation=True,
             max_length=max_length,
             padding=True,
@@ -235,18 +245,35 @@ def param_groups(student: DistillStudent, lr: float, head_lr: float | None) -> l
     return [g for g in ({"params": body, "lr": lr}, {"params": head, "lr": head_lr}) if g["params"]]
 
 
-def _progress(name: str, rank: int, step: int, total_steps: int, loss: float, t0: float) -> None:
-    """Every tenth of a job: the loss gauge on the dashboard, and for long jobs (the
-    teacher) a progress line; few-shot students are too quick to print."""
-    if rank != 0 or step % max(1, total_steps // 10):
+def _progress(
+    name: str, rank: int, step: int, total_steps: int, loss: float, t0: float, on_step=None
+) -> None:
+    """Rank 0, every step: `on_step(job, step, total)` (the driver's progress line,
+    throttled by the caller, raydistill.progress.WorkerProgress). Every tenth of a job:
+    the loss gauge on the dashboard and, for long jobs (the teacher), a log line; few-shot
+    students are too quick for one.
+
+    A log record, not a print: Ray Train V2 patches `print` on its workers to go both to
+    the root logger and (Ray having replaced sys.stdout) to stdout, so a printed line
+    reached the worker's logs, and the driver's console, twice.
+    """
+    if rank != 0:
+        return
+    if on_step is not None:
+        on_step(name, step, total_steps)
+    if step % max(1, total_steps // 10):
         return
     set_gauge(TRAIN_LOSS, loss, job=name)
     if total_steps >= 50:
         el = time.perf_counter() - t0
-        print(
-            f"[{name}] step {step}/{total_steps} loss {loss:.4f} "
-            f"{el:.0f}s elapsed, ~{el / step * (total_steps - step):.0f}s left",
-            flush=True,
+        log.info(
+            "[%s] step %d/%d loss %.4f %.0fs elapsed, ~%.0fs left",
+            name,
+            step,
+            total_steps,
+            loss,
+            el,
+            el / step * (total_steps - step),
         )
 
 
@@ -273,10 +300,13 @@ def _resume_metrics(restored) -> dict[str, Any]:
     }
 
 
-def run_job(job: TrainJob, rank: int, world: int, report, ckpts=None) -> dict[str, Any]:
+def run_job(
+    job: TrainJob, rank: int, world: int, report, ckpts=None, on_step=None
+) -> dict[str, Any]:
     """Train, select on dev, evaluate on test; `report(metrics, ckpt_dir)` once per job.
 
-    `ckpts` (train_state.JobCheckpoints) writes partial checkpoints and resumes from one.
+    `ckpts` (train_state.JobCheckpoints) writes partial checkpoints and resumes from one;
+    `on_step(job name, step, total steps)` is called on rank 0 after every step.
     """
     from raydistill.training.deepspeed_ops import use_prefix_extensions_dir
     from raydistill.training.train_state import JobCheckpoints
@@ -284,7 +314,7 @@ def run_job(job: TrainJob, rank: int, world: int, report, ckpts=None) -> dict[st
     use_prefix_extensions_dir()  # before deepspeed builds its CPU comm op
     ckpts = ckpts or JobCheckpoints(0.0, rank, job.zero_stage)
     if job.kind != "sequence_classification":
-        return _run_kind_job(job, rank, world, report, ckpts)
+        return _run_kind_job(job, rank, world, report, ckpts, on_step)
     import deepspeed
     from transformers import AutoTokenizer
 
@@ -363,7 +393,7 @@ def run_job(job: TrainJob, rank: int, world: int, report, ckpts=None) -> dict[st
         engine.backward(loss)
         engine.step()
         step_s += time.perf_counter() - ts
-        _progress(job.name, rank, step, total_steps, last_parts["loss"], t0)
+        _progress(job.name, rank, step, total_steps, last_parts["loss"], t0, on_step)
         if step % eval_steps == 0 or step == total_steps:
             live = evaluated.refresh()
             m = dev_eval(live.model)
@@ -412,7 +442,9 @@ def run_job(job: TrainJob, rank: int, world: int, report, ckpts=None) -> dict[st
     return metrics
 
 
-def _run_kind_job(job: TrainJob, rank: int, world: int, report, ckpts) -> dict[str, Any]:
+def _run_kind_job(
+    job: TrainJob, rank: int, world: int, report, ckpts, on_step=None
+) -> dict[str, Any]:
     """`run_job` for every kind but sequence classification, through `StudentKind`.
 
     Same contract as the classifier path: equal shards, `deepspeed.initialize` with the
@@ -477,7 +509,7 @@ def _run_kind_job(job: TrainJob, rank: int, world: int, report, ckpts) -> dict[s
         engine.backward(loss)
         engine.step()
         step_s += time.perf_counter() - ts
-        _progress(job.name, rank, step, total_steps, last_parts["loss"], t0)
+        _progress(job.name, rank, step, total_steps, last_parts["loss"], t0, on_step)
         if step % eval_steps == 0 or step == total_steps:
             live = evaluated.refresh()
             m = kind.metrics(

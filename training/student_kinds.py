@@ -176,12 +176,21 @@ def kind_class(name: str) -> type[StudentKind]:
     return getattr(importlib.import_module(module), cls)
 
 
-def make_kind(settings: KindSettings, alpha: float = 0.0, temperature: float = 1.0) -> StudentKind:
-    return kind_class(settings.kind)(settings.validate(), alpha=alpha, temperature=temperature)
+def make_kind(
+    settings: KindSettings, alpha: float = 0.0, temperature: float = 1.0, keep_examples: int = 0
+) -> StudentKind:
+    kind = kind_class(settings.kind)(settings.validate(), alpha=alpha, temperature=temperature)
+    kind.keep_examples = int(keep_examples)
+    return kind
 
 
 def kind_for_job(job: Any) -> StudentKind:
-    return make_kind(KindSettings.from_job(job), alpha=job.alpha, temperature=job.temperature)
+    return make_kind(
+        KindSettings.from_job(job),
+        alpha=job.alpha,
+        temperature=job.temperature,
+        keep_examples=getattr(job, "keep_examples", 0),
+    )
 
 
 def depth_overrides(config: Any, num_layers: int | None, source: str) -> dict[str, int]:
@@ -210,6 +219,10 @@ class StudentKind:
 
     name: ClassVar[str]
     auto_class: ClassVar[str]  # the transformers Auto class that loads the saved folder
+    # Generative mcqa students: `metrics` also returns the first N generations
+    # ("examples") and every generated explanation ("explanations"), so a method can judge
+    # and embed what the student wrote without a second generation pass.
+    keep_examples: int = 0
 
     def __init__(self, settings: KindSettings, alpha: float = 0.0, temperature: float = 1.0):
         self.settings = settings
@@ -420,12 +433,17 @@ class GenerativeKind(StudentKind):
             return outs[0]
         return [a + task_metrics.BECAUSE + e if e else a for a, e in zip(*outs, strict=True)]
 
-    def metrics(self, preds: list[str], rows: list[dict]) -> dict[str, float]:
+    def metrics(self, preds: list[str], rows: list[dict]) -> dict[str, Any]:
         if self.settings.task_kind == "seq2seq":
             r = task_metrics.rouge_l(preds, [row["target"] for row in rows])
             score = float(np.mean(r)) if r else float("nan")
             return {"rougeL": score, "score": score}
-        m = task_metrics.mcqa_scores(preds, rows, explanations=self.settings.mode != "answer")
+        explains = self.settings.mode != "answer"
+        m = task_metrics.mcqa_scores(preds, rows, explanations=explains)
+        if self.keep_examples > 0:
+            m["examples"] = task_metrics.kept_generations(preds, rows, self.keep_examples)
+            if explains:
+                m["explanations"] = [task_metrics.split_explanation(p)[1] for p in preds]
         return {**m, "score": m["answer_accuracy"]}
 
     def quality(self, preds: list[str], rows: list[dict]) -> list[float]:

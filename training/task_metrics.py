@@ -141,3 +141,25 @@ def mcqa_scores(
             else float("nan")
         )
     return out
+
+
+def kept_generations(
+    generated: Sequence[str], rows: Sequence[dict[str, Any]], n: int
+) -> list[dict[str, Any]]:
+    """The first `n` generations as {id, answer, explanation, choice, correct}: what an
+    explanation-distilled student wrote, kept for a judge and for reports. `choice` is
+    the parsed choice index (None when the answer names no single choice)."""
+    out = []
+    for g, r in zip(list(generated)[:n], list(rows)[:n], strict=True):
+        answer, why = split_explanation(g)
+        choice = parse_answer(g, r["choices"])
+        out.append(
+            {
+                "id": str(r.get("id", len(out))),
+                "answer": answer,
+                "explanation": why,
+                "choice": choice,
+                "correct": choice == int(r["answer"]),
+            }
+        )
+    return out

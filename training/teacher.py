@@ -35,6 +35,9 @@ def teacher_key(data: DataConfig, t: TeacherConfig, spec: TaskSpec) -> str:
             "seed": t.seed,
             # Absent for the [CLS] head so teachers cached before pooling existed stay valid.
             **({"pooling": t.pooling} if t.pooling != "native" else {}),
+            # Custom sentence-pair files: the same files read as pairs are another teacher
+            # (absent for single texts, so their cached teachers stay valid).
+            **({"text_pair": data.text_pair_column} if data.text_pair_column else {}),
         }
     )
 
@@ -91,6 +94,8 @@ def ensure_teacher(
         name=f"teacher-{int(time.time())}",
         max_failures=t.max_failures,
         use_gpu=t.use_gpu,
+        progress_stage="teacher",  # the driver's "teacher" line counts this job's steps
+        progress_by="steps",
     )
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
