@@ -6,7 +6,6 @@ so they first disconnect from the session cluster; later tests reconnect lazily.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ray_heads import stop_processes_under
 
 # Each starts a Ray cluster of its own and runs a smoke job (~2–4 min each on 2 cores):
 # outside the 15-minute default run, run by CI's second step (`make test-slow`).
@@ -69,29 +69,7 @@ def head_node(tmp_path, no_session_ray, wheel_site):
     try:
         yield f"http://127.0.0.1:{dash}", env, wheel_site
     finally:
-        _stop_processes_under(tmp)
-
-
-def _stop_processes_under(temp_dir: Path) -> None:
-    """Stop this head node's processes only. `ray stop` (with or without --force) kills
-    every Ray process on the machine, including other users' clusters and jobs; the
-    processes of this head all name its own --temp-dir on their command lines."""
-    import psutil
-
-    mine = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if any(str(temp_dir) in part for part in p.info["cmdline"] or []):
-                mine.append(p)
-        except psutil.Error:
-            continue
-    for p in mine:
-        with contextlib.suppress(psutil.Error):
-            p.terminate()
-    _, alive = psutil.wait_procs(mine, timeout=20)
-    for p in alive:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
+        stop_processes_under(tmp)
 
 
 def test_job_submission_runs_smoke_job(head_node, tmp_path):

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ray_heads import stop_processes_under
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +64,7 @@ def head(tmp_path, monkeypatch):
     try:
         yield dict(env, RAY_ADDRESS=f"127.0.0.1:{gcs}")
     finally:
-        subprocess.run([str(VENV_BIN / "ray"), "stop", "--force"], env=env, capture_output=True)
+        stop_processes_under(tmp)  # not `ray stop`: it kills every Ray cluster here
 
 
 def _request_key(payload: dict) -> str:
