@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.table_args import add_seed_and_override_args, seeds_override
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 RECIPE = "recipes/cqa-explain.yaml"
@@ -201,15 +203,7 @@ def render(report: dict[str, Any], command: str, wall_s: Any, load: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--from-run", default=None, metavar="DIR", help="a finished run folder")
-    p.add_argument(
-        "--seeds",
-        nargs="+",
-        type=int,
-        default=[0, 1, 2],
-        help="seeds of the table (the recipe runs one, to stay inside 30 minutes; a run "
-        "into the same folder reuses the seeds already trained)",
-    )
-    p.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for the run")
+    add_seed_and_override_args(p, "the recipe runs one, to stay inside 30 minutes")
     p.add_argument("--run-command", default=None, help="the command that made a --from-run run")
     p.add_argument("--tag", default="explain_table")
     args = p.parse_args(argv)
@@ -224,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = (report.get("timings") or {}).get("total", "?")
         command = (args.run_command or f"raydistill run {RECIPE}") + f"; then `{command}`"
     else:
-        seeds = "experiment.seeds=[" + ",".join(map(str, args.seeds)) + "]"
+        seeds = seeds_override(args.seeds)
         report, secs = run_recipe([seeds, *args.set])
         wall = round(secs, 1)
     try:

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.table_args import add_seed_and_override_args, seeds_override
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -214,15 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="TASK=DIR",
         help="read a finished run's report.json instead of running the recipe",
     )
-    p.add_argument(
-        "--seeds",
-        nargs="+",
-        type=int,
-        default=[0, 1, 2],
-        help="seeds of the table (the recipes run one, to stay a short demo; a run into the "
-        "same folder reuses the seeds already trained)",
-    )
-    p.add_argument("--set", nargs="*", default=[], help="extra key=value overrides for every run")
+    add_seed_and_override_args(p, "the recipes run one, to stay a short demo")
     p.add_argument("--run-command", default=None, help="the command that made a --from-run run")
     p.add_argument("--tag", default="weakness_table")
     args = p.parse_args(argv)
@@ -253,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     else:
         for name in args.tasks:
-            seeds = "experiment.seeds=[" + ",".join(map(str, args.seeds)) + "]"
+            seeds = seeds_override(args.seeds)
             rep, secs = run_task(name, [seeds, *args.set])
             tables[name], wall[name], commands[name] = rep, round(secs, 1), command
     try:
