@@ -78,6 +78,14 @@ def messages_for(seed: Row, spec: Any, max_seed_chars: int) -> list:
     raise ValueError(f"weakness augmentation has no prompt for task kind {spec.kind!r}")
 
 
+def task_schema(spec: Any) -> dict[str, Any]:
+    """The structured-output schema for a task: the entity-type enum only where the task
+    has BIO tags (a classification task's label names are not tags)."""
+    if spec.kind == "token_classification":
+        return schema_for(spec.kind, entity_types(spec.label_names))
+    return schema_for(spec.kind)
+
+
 def candidates_per_seed(samples: int, seeds: int, oversample: float) -> int:
     """Candidates each seed is asked for so that NF × samples are written in all."""
     return max(1, math.ceil(oversample * samples / max(1, seeds)))
@@ -180,9 +188,7 @@ def generate_many(
             temperature=temperature,
             top_p=top_p,
             max_tokens=max_new_tokens,
-            json_schema=(
-                schema_for(spec.kind, entity_types(spec.label_names)) if structured else None
-            ),
+            json_schema=task_schema(spec) if structured else None,
         )
         t0 = time.perf_counter()
         answered = llm.chat(rows, sampling) if rows else []

@@ -297,3 +297,20 @@ def test_ner_schema_constrains_entity_types_to_the_task():
     # The shared constant is not mutated; classification keeps its schema.
     assert "enum" not in NER_SCHEMA["properties"]["entities"]["items"]["properties"]["type"]
     assert schema_for("classification", TYPES) == schema_for("classification")
+
+
+@pytest.mark.parametrize("task", ["sst2", "bbc_news", "bbc_headlines", "conll2003"])
+def test_structured_output_schema_for_every_task_kind(task):
+    """generate_many asks for a schema per round; a classification task's label names
+    ("negative") are not BIO tags and must not be read as ones (a CI failure once)."""
+    from raydistill.pipelines.augment import task_schema
+    from raydistill.pipelines.augment_prompts import schema_for
+    from raydistill.pipelines.tasks import TASKS
+
+    spec = TASKS[task]
+    got = task_schema(spec)
+    if spec.kind == "token_classification":
+        typ = got["properties"]["entities"]["items"]["properties"]["type"]
+        assert typ["enum"] == ["PER", "ORG", "LOC", "MISC"]
+    else:
+        assert got == schema_for(spec.kind)
