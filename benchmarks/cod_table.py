@@ -1,6 +1,8 @@
-"""Reproduce the CoD table: methods × k × seeds on SST-2 and IMDB-CAD.
+"""Reproduce the CoD table: methods × k × seeds on SST-2, IMDB-CAD and BBC News.
 
     python -m benchmarks.cod_table                     # the committed grid
+    python -m benchmarks.cod_table --datasets bbc --ks 10 20 --seeds 0 1 2 \\
+        --methods kd kd+cod lwd lwd+cod                # the multi-class table
     python -m benchmarks.cod_table --datasets sst2 --ks 8 16 --seeds 0 1 2   # smaller
 
 Every cell is a `raydistill run` of `recipes/sst2-cod.yaml` (or its IMDB variant) with
@@ -86,7 +88,14 @@ DATASETS = {
         ],
         "imdb",
     ),
+    # Multi-class: BBC News, 5 topics (recipes/bbc-cod.yaml: runner-up class as the
+    # target, the task's own typical words as demonstrations), swap and rewrite strategies.
+    "bbc": ([], "bbc_news"),
+    "bbc-rewrite": (["method.counterfactuals.strategy=rewrite"], "bbc_news"),
 }
+
+# The recipe a data set's overrides apply to (the rest start from sst2-cod.yaml).
+RECIPE = {"bbc": "bbc-cod.yaml", "bbc-rewrite": "bbc-cod.yaml"}
 
 
 def run_dataset(name: str, ks: list[int], seeds: list[int], methods: list[str], extra: list[str]):
@@ -95,7 +104,7 @@ def run_dataset(name: str, ks: list[int], seeds: list[int], methods: list[str], 
 
     overrides, _ = DATASETS[name]
     cfg = load_config(
-        ROOT / "recipes" / "sst2-cod.yaml",
+        ROOT / "recipes" / RECIPE.get(name, "sst2-cod.yaml"),
         overrides
         + [
             f"out_dir={ROOT / 'benchmarks' / 'runs' / name}",

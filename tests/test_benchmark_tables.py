@@ -252,3 +252,16 @@ def test_fault_runner_keeps_verdicts_and_fault_figures():
         {"command": "c", "date": "d", "wall_s": 1, "load_average": [0], "returncode": 1, **got}
     )
     assert "| `tests/test_train_faults.py::test_worker_killed` | FAILED |" in md
+
+
+def test_every_cod_table_data_set_loads_as_a_config():
+    """Each data set of the table is its recipe plus overrides: all must validate."""
+    from benchmarks.cod_table import DATASETS, RECIPE
+    from raydistill.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    for name, (overrides, _) in DATASETS.items():
+        cfg = load_config(root / "recipes" / RECIPE.get(name, "sst2-cod.yaml"), overrides)
+        assert cfg.method.name == "cod", name
+    bbc = load_config(root / "recipes" / RECIPE["bbc-rewrite"], DATASETS["bbc-rewrite"][0])
+    assert (bbc.data.task, bbc.method.counterfactuals.strategy) == ("bbc_news", "rewrite")
