@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 RESULTS_FILE = "results.jsonl"
 # StudentConfig fields that change how a student is trained, not what it learns.
 EXECUTION_ONLY = ("zero_stage", "placement_strategy", "max_failures", "checkpoint_every")
+# StudentConfig fields added after ledgers existed: left out of the hash at their
+# default, so finished runs still resume; any other value is another student.
+ADDED_LATER = {"precision": "auto"}
 # DataConfig fields that say where files are, not which rows are used.
 LOCATION_ONLY = ("data_dir",)
 
@@ -41,6 +44,9 @@ def student_signature(
 ) -> str:
     """The hash a finished student's result is valid for (see the module docstring)."""
     learned = {k: v for k, v in vars(cfg.student).items() if k not in EXECUTION_ONLY}
+    for k, default in ADDED_LATER.items():
+        if learned.get(k) == default:
+            del learned[k]
     data = {k: v for k, v in vars(cfg.data).items() if k not in LOCATION_ONLY}
     sig: dict[str, Any] = {
         "student": learned,

@@ -25,6 +25,8 @@ from raydistill.recipes import (  # noqa: F401  (re-exported: the config API)
 )
 
 POOLINGS = ("mean", "native")
+# Training arithmetic (student.precision, teacher.precision).
+PRECISIONS = ("auto", "bf16", "fp32")
 # serving/teacher_pool.BACKENDS, named here so a typo fails when the recipe loads.
 POOL_BACKENDS = ("vllm", "hf", "openai")
 
@@ -107,9 +109,12 @@ class TeacherConfig:
     # As for students; the teacher is the one long job, so it checkpoints mid-epoch.
     max_failures: int = 1
     checkpoint_every: float = 0.5
+    # Training precision, as student.precision.
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         _one_of("teacher.pooling", self.pooling, POOLINGS)
+        _one_of("teacher.precision", self.precision, PRECISIONS)
         _non_negative("teacher.num_gpus", self.num_gpus)
         _non_negative("teacher.max_failures", self.max_failures)
         _non_negative("teacher.checkpoint_every", self.checkpoint_every)
@@ -393,9 +398,16 @@ class StudentConfig:
     # students take seconds, so the job is the unit of work).
     max_failures: int = 1
     checkpoint_every: float = 0.0
+    # Training arithmetic. auto: bf16 on GPUs with bf16 tensor cores (DeepSpeed bf16),
+    # fp32 elsewhere. bf16: also on CPUs, as torch autocast around the forward pass
+    # (fp32 weights, optimizer and losses; matmuls in bf16, fast where the CPU has bf16
+    # instructions: avx512_bf16, AMX; benchmarks/results/demo_time.md measures the demo
+    # both ways). fp32: never bf16. Evaluation is fp32 on CPU either way.
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         _one_of("student.pooling", self.pooling, POOLINGS)
+        _one_of("student.precision", self.precision, PRECISIONS)
         _non_negative("student.max_failures", self.max_failures)
         _non_negative("student.checkpoint_every", self.checkpoint_every)
         if self.kind is not None:

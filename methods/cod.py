@@ -472,6 +472,7 @@ def build_jobs(cfg: RunConfig, prep: Prepared) -> list[Any]:
                 teacher_width=prep.teacher_width,
                 teacher_layers=prep.teacher_layers,
                 zero_stage=s.zero_stage,
+                precision=s.precision,
                 seed=s.seed + seed,
                 meta={
                     "method": arm_name,
@@ -510,6 +511,7 @@ def _result_row(job: Any, metrics: dict[str, Any]) -> dict[str, Any]:
         "originals": job.meta["originals"],
         "counterfactuals": job.meta["counterfactuals"],
         "train_s": metrics["train_s"],
+        "step_s": metrics.get("step_s"),
         "precision": metrics.get("precision"),
     }
 

@@ -368,6 +368,7 @@ def build_jobs(cfg: RunConfig, prep: Prepared) -> list[Any]:
                     max_length=s.max_length,
                     eval_every=s.eval_every,
                     zero_stage=s.zero_stage,
+                    precision=s.precision,
                     seed=s.seed + seed,
                     meta={"arm": arm, "mode": mode, "source": source, "k": k, "seed": seed},
                     keep_examples=int(getattr(m, "judge_examples", 0)),

@@ -175,6 +175,7 @@ def _job(cfg: RunConfig, prep: Prepared, name: str, rows: list[dict], meta: dict
         max_length=s.max_length,
         eval_every=s.eval_every,
         zero_stage=s.zero_stage,
+        precision=s.precision,
         seed=s.seed + meta["seed"],
         meta=meta,
         **kind_fields,

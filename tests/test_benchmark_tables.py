@@ -265,3 +265,32 @@ def test_every_cod_table_data_set_loads_as_a_config():
         assert cfg.method.name == "cod", name
     bbc = load_config(root / "recipes" / RECIPE["bbc-rewrite"], DATASETS["bbc-rewrite"][0])
     assert (bbc.data.task, bbc.method.counterfactuals.strategy) == ("bbc_news", "rewrite")
+
+
+def test_demo_time_fresh_cache_links_only_what_install_leaves(tmp_path):
+    from benchmarks.demo_time import fresh_cache, render
+
+    base = tmp_path / "cache"
+    for name in ("models", "gguf", "teachers", "counterfactuals"):
+        (base / name).mkdir(parents=True)
+    (base / "llm_requests.sqlite").write_text("answers")
+    d = fresh_cache(base)
+    assert sorted(p.name for p in d.iterdir()) == ["gguf", "models"]
+    assert (d / "models").resolve() == (base / "models").resolve()
+    run = {
+        "precision": "bf16",
+        "wall_s": 600.0,
+        "load_average_start": 0.1,
+        "load_average_end": 1.9,
+        "timings": {"teacher": 100.0, "annotate": 20.0, "generate": 90.0, "train": 300.0},
+        "teacher_test_accuracy": 0.83,
+        "student_train_s": 290.0,
+        "student_step_s": 120.0,
+        "student_precision": ["bf16-autocast"],
+        "summary": [{"method": "kd", "k": 8, "n_seeds": 3, "accuracy": 0.6, "accuracy_std": 0.01}],
+        "cod_gains": [{"method": "kd+cod", "k": 8, "gain": 0.05}],
+        "flip_rate": 0.9,
+    }
+    md = render([run], "python -m benchmarks.demo_time")
+    assert "| bf16 (bf16-autocast) | 10.0 | 0.1→1.9 | 100.0 | 20.0 | 90.0 | 300.0 |" in md
+    assert "| kd | 8 | 0.600 ± 0.010 |" in md and "kd+cod@8: +5.0" in md

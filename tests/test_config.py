@@ -71,6 +71,11 @@ def test_student_signature_ignores_execution_knobs_only():
         != sig
     )
     assert student_signature(base, "/t/b") != sig
+    # Pinned before student.precision existed: runs finished then still resume at "auto";
+    # bf16 arithmetic is another student.
+    assert student_signature(base, "/teacher") == "ee4fcd6ff95f3193"
+    bf16 = load_config(RECIPE_DIR / "sst2-cod.yaml", ["student.precision=bf16"])
+    assert student_signature(bf16, "/t/a") != sig
     # New generations (another prompt version or generator) retrain the CoD students.
     gen1 = student_signature(base, "/t/a", {"counterfactuals": "gen-1"})
     assert gen1 != student_signature(base, "/t/a", {"counterfactuals": "gen-2"})
@@ -158,3 +163,17 @@ def test_ledger_append_after_a_torn_line_keeps_every_new_row(tmp_path):
     assert led.torn == 1
     led.append([{"job": "e", "signature": "s"}])  # a clean end: no blank line added
     assert led.path.read_text().endswith('"d", "signature": "s"}\n{"job": "e", "signature": "s"}\n')
+
+
+def test_teacher_key_pinned_and_changed_by_bf16():
+    """Cached teachers stay valid at teacher.precision=auto (the key was pinned before the
+    field existed); a bf16 teacher is another teacher."""
+    from raydistill.pipelines.tasks import TASKS
+    from raydistill.training.teacher import teacher_key
+
+    cfg = load_config(RECIPE_DIR / "sst2-cod.yaml", [])
+    assert teacher_key(cfg.data, cfg.teacher, TASKS["sst2"]) == "9097964754244851"
+    bf16 = load_config(RECIPE_DIR / "sst2-cod.yaml", ["teacher.precision=bf16"])
+    assert teacher_key(bf16.data, bf16.teacher, TASKS["sst2"]) != "9097964754244851"
+    with pytest.raises(ConfigError, match="student.precision"):
+        load_config(RECIPE_DIR / "sst2-cod.yaml", ["student.precision=half"])

@@ -14,6 +14,7 @@ from raydistill.training.devices import (
     device_for,
     resolve_device,
     threads_for_cpus,
+    training_precision,
 )
 
 
@@ -57,6 +58,23 @@ def test_deepspeed_accelerator_follows_the_gpu_assignment_not_the_node():
 )
 def test_bf16_needs_ampere_or_newer(device, cap, want):
     assert bf16_supported(device, cap) is want
+
+
+@pytest.mark.parametrize(
+    ("precision", "device", "cap", "want"),
+    [
+        ("auto", "cpu", None, "fp32"),  # measured, not assumed: CPU bf16 is opt-in
+        ("auto", "cuda", (8, 0), "bf16"),
+        ("auto", "cuda", (7, 5), "fp32"),
+        ("bf16", "cpu", None, "bf16-autocast"),  # DeepSpeed's bf16 mode is GPU-only
+        ("bf16", "cuda", (8, 0), "bf16"),
+        ("fp32", "cuda", (9, 0), "fp32"),
+    ],
+)
+def test_training_precision_per_device(precision, device, cap, want):
+    assert training_precision(precision, device, cap) == want
+    with pytest.raises(ValueError, match="'fp8'"):
+        training_precision("fp8", device, cap)
 
 
 def test_outside_ray_this_machine_uses_its_cpu_and_all_its_cores():

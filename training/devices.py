@@ -88,6 +88,27 @@ def bf16_supported(device: str, capability: tuple[int, int] | None = None) -> bo
     return tuple(capability) >= (8, 0)
 
 
+def training_precision(
+    precision: str, device: str, capability: tuple[int, int] | None = None
+) -> str:
+    """What a `precision` setting ("auto" | "bf16" | "fp32") means on `device`.
+
+    "bf16": DeepSpeed's bf16 mode (bf16 weights and matmuls) on a CUDA device;
+    "bf16-autocast": torch autocast around the forward pass on CPU (fp32 weights,
+    optimizer and losses; DeepSpeed's bf16 mode is GPU-only); "fp32": neither. "auto" is
+    bf16 only where `bf16_supported` says the GPU has bf16 tensor cores: on CPU the gain
+    depends on bf16 instructions (avx512_bf16/AMX) and is measured, not assumed.
+    """
+    if precision == "fp32":
+        return "fp32"
+    on_gpu = str(device).startswith("cuda")
+    if precision == "bf16":
+        return "bf16" if on_gpu else "bf16-autocast"
+    if precision == "auto":
+        return "bf16" if bf16_supported(device, capability) else "fp32"
+    raise ValueError(f"precision: one of auto, bf16, fp32; got {precision!r}")
+
+
 def available_cpus() -> int:
     """Cores this process may run on (its affinity mask, not the node's core count)."""
     try:

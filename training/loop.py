@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from raydistill.telemetry import TRAIN_LOSS, set_gauge
-from raydistill.training.devices import assigned_device, bf16_supported
+from raydistill.training.devices import assigned_device, training_precision
 from raydistill.training.evaluation import Evaluator, evaluate  # noqa: F401  (re-exported)
 from raydistill.training.losses import distill_loss
 from raydistill.training.students import DistillStudent
@@ -82,6 +82,8 @@ class TrainJob:
     # Generative mcqa students: keep the first N test generations in the metrics
     # (`StudentKind.keep_examples`; the explain method judges them). 0 = keep none.
     keep_examples: int = 0
+    # auto | bf16 | fp32 (devices.training_precision says what each means per device).
+    precision: str = "auto"
 
 
 def _get(x: Any) -> Any:
@@ -120,7 +122,20 @@ def _ds_config(job: TrainJob, micro_batch: int, world: int) -> dict[str, Any]:
     """The DeepSpeed config for this worker's Ray assignment (bf16 on Ampere+ GPUs)."""
     device = assigned_device()
     on_gpu = device.startswith("cuda")
-    return deepspeed_config(job, micro_batch, world, on_gpu=on_gpu, bf16=bf16_supported(device))
+    bf16 = training_precision(job.precision, device) == "bf16"
+    return deepspeed_config(job, micro_batch, world, on_gpu=on_gpu, bf16=bf16)
+
+
+def _autocast(job: TrainJob):
+    """(a factory of the context the training forward runs in, the precision's name):
+    bf16 autocast where the job's precision resolves to it on this worker's device (CPU),
+    else a no-op context."""
+    prec = training_precision(job.precision, assigned_device())
+
+    def cast():
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16-autocast")
+
+    return cast, prec
 
 
 def _start_state(restored, t0: float):
@@ -357,6 +372,7 @@ def run_job(
         config=_ds_config(job, micro, world),
     )
     evaluated.to(engine.device)
+    autocast, precision = _autocast(job)
     live = student
     layer_idx = torch.tensor(student.layer_map) if (lwd and student.layer_map) else None
     eval_steps = job.eval_every * steps_per_epoch if job.eval_every else total_steps
@@ -374,7 +390,8 @@ def run_job(
         idx = perm[sl] if job.batch_size is not None else torch.arange(len(data))
         dev = engine.device  # CPU here; the worker's GPU under use_gpu (NCCL backend)
         ids, mask = data.batch(idx)
-        logits, proj = engine(ids.to(dev), mask.to(dev), with_hidden=lwd)
+        with autocast():
+            logits, proj = engine(ids.to(dev), mask.to(dev), with_hidden=lwd)
         t_hidden = (
             data.t_hidden[idx][:, layer_idx].to(dev)
             if (lwd and data.t_hidden is not None)
@@ -420,7 +437,7 @@ def run_job(
             "step_s": round(step_s, 3),
             "steps": total_steps,
             "final_loss": last_parts.get("loss", float("nan")),
-            "precision": "bf16" if engine.bfloat16_enabled() else "fp32",
+            "precision": precision,
             **_resume_metrics(restored),
             **{f"meta_{k}": v for k, v in job.meta.items()},
         }
@@ -493,6 +510,7 @@ def _run_kind_job(
         config=_ds_config(job, micro, world),
     )
     evaluated.to(engine.device)
+    autocast, precision = _autocast(job)
     eval_steps = job.eval_every * steps_per_epoch if job.eval_every else total_steps
     last_parts: dict[str, float] = {}
     live = model
@@ -505,7 +523,8 @@ def _run_kind_job(
             perm = torch.from_numpy(rng.permutation(n))
         idx = perm[i * micro : (i + 1) * micro] if job.batch_size is not None else torch.arange(n)
         batch = {k: v.to(engine.device) for k, v in kind.batch(data, idx).items()}
-        loss, last_parts = kind.loss(engine, batch)
+        with autocast():
+            loss, last_parts = kind.loss(engine, batch)
         engine.backward(loss)
         engine.step()
         step_s += time.perf_counter() - ts
@@ -542,7 +561,7 @@ def _run_kind_job(
             "step_s": round(step_s, 3),
             "steps": total_steps,
             "final_loss": last_parts.get("loss", float("nan")),
-            "precision": "bf16" if engine.bfloat16_enabled() else "fp32",
+            "precision": precision,
             **_resume_metrics(restored),
             **{f"meta_{k}": v for k, v in job.meta.items()},
         }

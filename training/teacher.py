@@ -38,6 +38,8 @@ def teacher_key(data: DataConfig, t: TeacherConfig, spec: TaskSpec) -> str:
             # Custom sentence-pair files: the same files read as pairs are another teacher
             # (absent for single texts, so their cached teachers stay valid).
             **({"text_pair": data.text_pair_column} if data.text_pair_column else {}),
+            # bf16 trains another teacher; absent at auto so cached teachers stay valid.
+            **({"precision": t.precision} if t.precision != "auto" else {}),
         }
     )
 
@@ -84,6 +86,7 @@ def ensure_teacher(
         zero_stage=0,
         seed=t.seed,
         checkpoint_every=t.checkpoint_every,
+        precision=t.precision,
     )
     t0 = time.perf_counter()
     log.info("training teacher %s on %d rows", t.backbone, len(train_rows))
