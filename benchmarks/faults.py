@@ -26,8 +26,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
-DEFAULT = ["tests/test_faults_pool.py", "tests/test_llm_output_properties.py"]
-SLOW = ["tests/test_train_faults.py", "tests/test_faults_pool.py", "tests/test_resume.py"]
+DEFAULT = [
+    "tests/test_faults_pool_replica.py",
+    "tests/test_faults_pool_garbage.py",
+    "tests/test_llm_output_properties.py",
+]
+SLOW = ["tests/test_train_faults.py", "tests/test_faults_pool_replica.py", "tests/test_resume.py"]
 
 # pytest -rA's short summary: "PASSED tests/x.py::test", "FAILED tests/x.py::test - why".
 _VERDICT = re.compile(r"^(PASSED|FAILED|ERROR|XFAIL|XPASS) (tests/\S+::\S+)")

@@ -7,9 +7,9 @@ retraining anything and without sending a request.
 
 The generator is a scripted OpenAI-compatible server (`pool.backend=openai`) answering
 each swap request with strong sentiment words of both polarities: a random tiny LLM
-(the smoke recipe's `hf` pool, tested in test_teacher_pool.py) flips no seed, and a run
-with zero counterfactuals would test nothing of CoD. Here the teacher must verify at
-least one flip and the CoD arms must train on it.
+(the smoke recipe's `hf` pool, tested in test_teacher_pool_serve.py) flips no seed, and
+a run with zero counterfactuals would test nothing of CoD. Here the teacher must verify
+at least one flip and the CoD arms must train on it.
 """
 
 import json

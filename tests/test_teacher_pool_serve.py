@@ -1,46 +1,35 @@
-"""Teacher pool (serving/) and the Ray Data chat stage (pipelines/llm_stage.py).
+"""The teacher pool served for real (serving/) and the Ray Data chat stage through it
+(pipelines/llm_stage.py).
 
-Unit tests run without Ray. The integration tests use the session's local Ray cluster
-(conftest's `ray_session`: 4 logical CPUs, 1 GB object store), serve tiny-llama with the
-hf backend through real Ray Serve on a free port in 8100-8199, and push Ray Datasets
-through `chat_stage`. The vLLM test (marker `vllm`) serves SmolLM2-135M with Ray Serve
-LLM; it is skipped when vllm is not installed.
+The hf backend's engine (`HFChatEngine` on tiny-llama) is tested on its own first,
+without Ray. The integration tests use the session's local Ray cluster (conftest's
+`ray_session`: 4 logical CPUs, 1 GB object store), serve tiny-llama with the hf backend
+through real Ray Serve on a free port in 8100-8199, and push Ray Datasets through
+`chat_stage`. The vLLM test (marker `vllm`) serves SmolLM2-135M with Ray Serve LLM; it
+is skipped when vllm is not installed.
+
+Why this way: what a pool promises (its HTTP API, each request's own n and token budget
+in a shared dynamic batch, every row carried through the stage with errors as row
+errors) only shows through real Serve and Ray Data with tiny models. Building a pool's
+config is test_teacher_pool_config.py; parsing its answers, test_llm_stage_parsing.py.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import socket
 import time
 
 import httpx
 import pytest
+from pool_endpoints import USER
+from pool_endpoints import dead_endpoint as _dead_endpoint
 
 from raydistill.config import PoolConfig
-from raydistill.pipelines.llm_stage import (
-    ChatResult,
-    Sampling,
-    build_payload,
-    chat_results,
-    chat_stage,
-    chat_sync,
-    normalize_messages,
-    parse_chat_response,
-    parse_http_result,
-)
-from raydistill.serving.teacher_pool import (
-    BACKENDS,
-    Endpoint,
-    OpenAIPool,
-    PoolStartError,
-    VLLMPool,
-    make_pool,
-)
+from raydistill.pipelines.llm_stage import Sampling, chat_stage, chat_sync
+from raydistill.serving.teacher_pool import Endpoint, make_pool
 
 pytestmark = pytest.mark.timeout(900)
-
-USER = [{"role": "user", "content": "Rewrite: the film was great."}]
 
 
 def _free_port(lo: int = 8100, hi: int = 8200) -> int:
@@ -53,130 +42,6 @@ def _free_port(lo: int = 8100, hi: int = 8200) -> int:
                 continue
             return port
     raise RuntimeError(f"no free port in {lo}-{hi - 1}")
-
-
-def _dead_endpoint() -> Endpoint:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
-    return Endpoint(f"http://127.0.0.1:{port}/v1", "teacher", {})
-
-
-# ====================================================================== unit tests
-
-
-def test_make_pool_unknown_backend_lists_known_ones():
-    with pytest.raises(ValueError) as e:
-        make_pool(PoolConfig(backend="tgi"))
-    msg = str(e.value)
-    assert "tgi" in msg
-    for name in ("vllm", "hf", "openai"):
-        assert name in msg
-    assert set(BACKENDS) == {"vllm", "hf", "openai"}
-
-
-def test_make_pool_known_backends_construct_without_starting():
-    for name in BACKENDS:
-        pool = make_pool(PoolConfig(backend=name))
-        assert hasattr(pool, "start") and hasattr(pool, "shutdown")
-
-
-def test_endpoint_urls():
-    ep = Endpoint("http://h:1/v1/", "m", {})
-    assert ep.chat_url == "http://h:1/v1/chat/completions"
-    assert ep.models_url == "http://h:1/v1/models"
-
-
-def test_openai_pool_needs_url_and_reads_key(monkeypatch):
-    with pytest.raises(PoolStartError, match="pool.url"):
-        OpenAIPool(PoolConfig(backend="openai")).start()
-    monkeypatch.setenv("RD_TEST_KEY", "sk-test")
-    cfg = PoolConfig(backend="openai", url="http://127.0.0.1:9/v1/", api_key_env="RD_TEST_KEY")
-    ep = OpenAIPool(cfg).endpoint()
-    assert ep.headers == {"Authorization": "Bearer sk-test"}
-    assert ep.base_url == "http://127.0.0.1:9/v1"
-    monkeypatch.delenv("RD_TEST_KEY")
-    assert OpenAIPool(cfg).endpoint().headers == {}
-
-
-def test_openai_pool_unreachable_fails_fast_with_clear_message():
-    dead = _dead_endpoint()
-    cfg = PoolConfig(backend="openai", url=dead.base_url, startup_timeout_s=1.5)
-    t0 = time.monotonic()
-    with pytest.raises(PoolStartError) as e:
-        make_pool(cfg).start()
-    assert time.monotonic() - t0 < 15
-    assert dead.base_url in str(e.value) and "did not answer" in str(e.value)
-
-
-def test_vllm_llm_config_on_cpu_and_gpu():
-    cpu = VLLMPool(PoolConfig(num_cpus=2, min_replicas=1, max_replicas=3)).llm_config_kwargs("/m")
-    assert cpu["model_loading_config"] == {"model_id": "teacher", "model_source": "/m"}
-    assert cpu["engine_kwargs"]["gpu_memory_utilization"] == 0.1
-    assert cpu["engine_kwargs"]["max_model_len"] == 1024
-    assert cpu["engine_kwargs"]["enforce_eager"] is True
-    assert cpu["engine_kwargs"]["enable_chunked_prefill"] is False
-    # A fixed KV cache on CPU, not a share of the node's RAM minus the engine's RSS.
-    assert cpu["engine_kwargs"]["kv_cache_memory_bytes"] == 2**30
-    assert cpu["deployment_config"]["ray_actor_options"] == {"num_cpus": 0}
-    assert cpu["placement_group_config"]["bundles"] == [{"CPU": 2.0}]
-    auto = cpu["deployment_config"]["autoscaling_config"]
-    assert (auto["min_replicas"], auto["max_replicas"]) == (1, 3)
-    # vLLM would keep a core out of its thread binding; the replica may use all it sees.
-    assert cpu["runtime_env"] == {
-        "env_vars": {
-            "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-            "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "1800",
-        }
-    }
-    own = VLLMPool(PoolConfig(env_vars={"VLLM_CPU_NUM_OF_RESERVED_CPU": 1, "X": "y"}))
-    assert own.llm_config_kwargs("/m")["runtime_env"]["env_vars"] == {
-        "VLLM_CPU_NUM_OF_RESERVED_CPU": "1",
-        "VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS": "1800",
-        "X": "y",
-    }
-    gpu = VLLMPool(
-        PoolConfig(num_gpus=1, gpu_memory_utilization=0.9),
-        engine_kwargs={"max_num_seqs": 8},
-    ).llm_config_kwargs("/m")
-    assert gpu["placement_group_config"]["bundles"] == [{"CPU": 1.0, "GPU": 1.0}]
-    assert "enforce_eager" not in gpu["engine_kwargs"]
-    assert "enable_chunked_prefill" not in gpu["engine_kwargs"]
-    assert "kv_cache_memory_bytes" not in gpu["engine_kwargs"]
-    assert "runtime_env" not in gpu
-    compiled = VLLMPool(PoolConfig(), engine_kwargs={"enforce_eager": False})
-    assert compiled.llm_config_kwargs("/m")["engine_kwargs"]["enforce_eager"] is False
-    assert gpu["engine_kwargs"]["max_num_seqs"] == 8
-    with pytest.raises(ValueError, match="min_replicas"):
-        VLLMPool(PoolConfig(min_replicas=2, max_replicas=1)).llm_config_kwargs("/m")
-
-
-def test_vllm_gpu_memory_default_is_per_device_and_tensor_parallel_bundles():
-    one = VLLMPool(PoolConfig(num_gpus=1)).llm_config_kwargs("/m")
-    assert one["engine_kwargs"]["gpu_memory_utilization"] == 0.85
-    tp = VLLMPool(PoolConfig(num_gpus=1, num_cpus=4, tensor_parallel_size=2)).llm_config_kwargs(
-        "/m"
-    )
-    assert tp["engine_kwargs"]["tensor_parallel_size"] == 2
-    assert tp["placement_group_config"]["bundles"] == [{"CPU": 4.0, "GPU": 1.0}, {"GPU": 1.0}]
-    with pytest.raises(ValueError, match="tensor_parallel_size"):
-        VLLMPool(PoolConfig(tensor_parallel_size=2)).llm_config_kwargs("/m")
-    with pytest.raises(ValueError, match="gpu_memory_utilization"):
-        VLLMPool(PoolConfig(num_gpus=1, gpu_memory_utilization=1.5)).llm_config_kwargs("/m")
-
-
-def test_bind_host_and_base_url_for_other_nodes():
-    from raydistill.serving.teacher_pool import choose_bind_host, url_host
-
-    # A laptop cluster this process started: loopback, nothing exposed.
-    assert choose_bind_host(None, joined=False, node_hosts={"10.0.0.5"}) == "127.0.0.1"
-    # Joined (ray job submit, KubeRay) or several machines: every interface, and the base
-    # URL other nodes use carries the head's IP, never 127.0.0.1.
-    assert choose_bind_host(None, joined=True, node_hosts={"10.0.0.5"}) == "0.0.0.0"
-    assert choose_bind_host(None, joined=False, node_hosts={"10.0.0.5", "10.0.0.6"}) == "0.0.0.0"
-    assert url_host("0.0.0.0", "10.0.0.5") == "10.0.0.5"
-    assert choose_bind_host("10.1.2.3", joined=True, node_hosts=set()) == "10.1.2.3"
-    assert url_host("10.1.2.3", "10.0.0.5") == "10.1.2.3"
 
 
 @pytest.fixture(scope="module")
@@ -211,110 +76,6 @@ def test_hf_engine_returns_n_candidates_with_token_counts(tiny_llama_dir):
     assert eng.generate([], n=2) == []
     with pytest.raises(ValueError):
         eng.generate([USER], n=0)
-
-
-GOOD = {
-    "choices": [
-        {"index": 0, "message": {"role": "assistant", "content": "a"}},
-        {"index": 1, "message": {"role": "assistant", "content": "b"}},
-    ],
-    "usage": {"completion_tokens": 7},
-}
-
-
-@pytest.mark.parametrize(
-    "obj, cands, tokens, err",
-    [
-        (GOOD, ["a", "b"], 7, ""),
-        ({"choices": [{"message": {"content": "x"}}]}, ["x"], 0, ""),  # no usage
-        ({**GOOD, "usage": {"completion_tokens": "7"}}, ["a", "b"], 0, ""),
-        ({**GOOD, "usage": {"completion_tokens": -3}}, ["a", "b"], 0, ""),
-        ({**GOOD, "usage": {"completion_tokens": True}}, ["a", "b"], 0, ""),
-        ({**GOOD, "usage": {"completion_tokens": 4.0}}, ["a", "b"], 4, ""),
-        ({**GOOD, "usage": "lots"}, ["a", "b"], 0, ""),
-        # malformed choices are skipped, the rest kept
-        (
-            {
-                "choices": [
-                    None,
-                    "str",
-                    {"message": None},
-                    {"message": {"content": None}},
-                    {"message": {"content": 5}},
-                    {"message": {"content": "ok"}},
-                    {"message": {"content": [{"type": "text", "text": "p"}, {"x": 1}]}},
-                    {"text": "legacy"},
-                ]
-            },
-            ["ok", "p", "legacy"],
-            0,
-            "",
-        ),
-        ({"choices": []}, [], 0, "0 choices"),
-        ({"choices": [{"message": {"content": None}}]}, [], 0, "none with text"),
-        ({"choices": "abc"}, [], 0, "no 'choices' list"),
-        ({}, [], 0, "no 'choices' list"),
-        ({"error": {"message": "model overloaded"}}, [], 0, "model overloaded"),
-        ({"error": "boom"}, [], 0, "boom"),
-        ({"detail": [{"msg": "field required"}]}, [], 0, "field required"),
-        ([1, 2], [], 0, "not a JSON object"),
-        ("choices", [], 0, "not a JSON object"),
-        (None, [], 0, "not a JSON object"),
-        (42, [], 0, "not a JSON object"),
-    ],
-)
-def test_parse_chat_response_untrusted(obj, cands, tokens, err):
-    res = parse_chat_response(obj)
-    assert isinstance(res, ChatResult)
-    assert res.candidates == cands
-    assert res.generated_tokens == tokens
-    if err:
-        assert err in res.error
-    else:
-        assert res.error == ""
-
-
-def test_parse_http_result():
-    ok = json.dumps(GOOD)
-    assert parse_http_result(200, ok) == ChatResult(["a", "b"], 7, "")
-    assert parse_http_result(200, ok.encode()) == ChatResult(["a", "b"], 7, "")
-    r = parse_http_result(500, "Internal Server Error")
-    assert r.candidates == [] and r.error.startswith("HTTP 500") and "Internal" in r.error
-    r = parse_http_result(400, json.dumps({"error": {"message": "n: too big"}}))
-    assert r.error == "HTTP 400: n: too big"
-    assert "not valid JSON" in parse_http_result(200, "<html>").error
-    assert "not valid JSON" in parse_http_result(200, "").error
-    assert "not valid JSON" in parse_http_result(200, b"\xff\xfe").error
-    assert parse_http_result(None, None, "ConnectError: refused").error == "ConnectError: refused"
-    assert "x" * 600 not in parse_http_result(502, "x" * 5000).error  # clipped
-    colour = "original exception: \x1b[36mray::ServeReplica\x1b[39m\n  boom"
-    assert (
-        parse_http_result(500, colour).error
-        == "HTTP 500: original exception: ray::ServeReplica boom"
-    )
-
-
-def test_normalize_messages_and_payload():
-    import numpy as np
-
-    msgs = np.array([{"role": "user", "content": "hi"}], dtype=object)
-    assert normalize_messages(msgs) == [{"role": "user", "content": "hi"}]
-    for bad in (None, "hi", [], [{"role": "user"}], [{"role": None, "content": "x"}], 5, [3]):
-        with pytest.raises(ValueError):
-            normalize_messages(bad)
-    p = build_payload("teacher", USER, Sampling(n=3, seed=None))
-    assert p["n"] == 3 and p["model"] == "teacher" and "seed" not in p
-    assert build_payload("t", USER, Sampling(seed=5))["seed"] == 5
-
-
-def test_chat_sync_unreachable_reports_errors():
-    dead = _dead_endpoint()
-    res = chat_results(dead, [USER, USER], Sampling(), max_retries=0)
-    assert [r.candidates for r in res] == [[], []]
-    assert all("failed after 1 attempt" in r.error for r in res)
-    with pytest.raises(RuntimeError, match="2 of 2 chat requests failed"):
-        chat_sync(dead, [USER, USER], Sampling(), max_retries=0)
-    assert chat_sync(dead, [USER], Sampling(), max_retries=0, raise_on_error=False) == [([], 0)]
 
 
 # =============================================================== integration: Ray

@@ -1,49 +1,31 @@
-"""The cached LLM request layer (pipelines/llm_requests.py, request_cache.py) and the JSON
-parser for untrusted answers (llm_output.parse_json_object).
+"""The cached LLM client (pipelines/llm_requests.py) sending real requests.
 
-Unit tests run without Ray. The integration tests push real requests through the Ray
-Data chat stage on the session's local Ray cluster (conftest's `ray_session`) to a real
-scripted HTTP server (`scripted_llm.ScriptedLLM`) and count what it received.
+`LLMClient.chat` keeps rows in order, answers from the request cache, sends duplicates
+once, retries faults then marks and counts them by kind, raises loudly when most rows
+fail, and on a rerun (after failures or an interrupted driver) sends only the rows that
+had not finished; CoD's `generate_counterfactuals` through the client reruns from the
+cache without sending anything.
+
+The integration tests push real requests through the Ray Data chat stage on the
+session's local Ray cluster (conftest's `ray_session`) to a real scripted HTTP server
+(`scripted_llm.ScriptedLLM`) and count what it received: only a socket exercises the
+client, its retries and its Ray Data tasks in other processes, and counting on the wire
+is what proves nothing was sent twice. The keys and the cache themselves are tested
+without Ray in test_llm_request_cache.py; pool faults beyond these, in
+test_faults_pool_garbage.py.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import threading
 import time
 
-import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from scripted_llm import ScriptedLLM, completion, last_user_message
 
-from raydistill.pipelines.llm_output import JSON_REJECTS, parse_json_object
-from raydistill.pipelines.llm_requests import (
-    LLMClient,
-    LLMStageError,
-    LLMStats,
-    model_identity,
-)
-from raydistill.pipelines.llm_stage import Sampling, build_payload
-from raydistill.pipelines.request_cache import (
-    CachedAnswer,
-    RequestCache,
-    RequestCacheError,
-    request_key,
-)
-
-MSGS = [
-    {"role": "system", "content": "You edit movie reviews."},
-    {"role": "user", "content": "Opposite of 'great':"},
-]
-SCHEMA = {
-    "title": "edit",
-    "type": "object",
-    "properties": {"text": {"type": "string"}, "changed": {"type": "integer"}},
-    "required": ["text"],
-}
+from raydistill.pipelines.llm_requests import LLMClient, LLMStageError, LLMStats
+from raydistill.pipelines.llm_stage import Sampling
+from raydistill.pipelines.request_cache import RequestCache
 
 
 def _rows(n: int, prefix: str = "p") -> list[dict]:
@@ -64,216 +46,6 @@ def _answer_for(prompt: str) -> str:
 def _answering(payload):
     n = int(payload.get("n") or 1)
     return 200, completion([_answer_for(last_user_message(payload))] * n, prompt_tokens=5)
-
-
-# ============================================================ keys and storage
-
-
-class _FakeEndpoint:
-    """Only for tests that build a client but send nothing."""
-
-    base_url = "http://127.0.0.1:9/v1"
-    model = "teacher"
-    headers: dict = {}
-    chat_url = base_url + "/chat/completions"
-
-
-def test_request_key_is_stable_and_sensitive_to_everything_that_shapes_an_answer():
-    base = Sampling(n=2, temperature=0.9, top_p=0.95, max_tokens=12, seed=3)
-    k = request_key("vllm:smollm2", MSGS, base)
-    assert len(k) == 64 and k == request_key("vllm:smollm2", [dict(m) for m in MSGS], base)
-    # The same request written differently: same key.
-    same = Sampling(n=2, temperature=0.9, top_p=0.95, max_tokens=12, seed=3)
-    assert request_key("vllm:smollm2", MSGS, same) == k
-    assert request_key("m", MSGS, Sampling(temperature=1)) == request_key(
-        "m", MSGS, Sampling(temperature=1.0)
-    )
-    reordered = dict(reversed(list(SCHEMA.items())))
-    assert request_key("m", MSGS, Sampling(json_schema=SCHEMA)) == request_key(
-        "m", MSGS, Sampling(json_schema=reordered)
-    )
-    client = LLMClient(_FakeEndpoint(), "vllm:smollm2")
-    assert client.request_key(np.array(MSGS, dtype=object), base) == k  # Arrow/numpy rows
-
-    changed = [
-        request_key("vllm:other", MSGS, base),
-        request_key("hf:smollm2", MSGS, base),
-        request_key(
-            "vllm:smollm2", [MSGS[0], {"role": "user", "content": "Opposite of 'good':"}], base
-        ),
-        request_key(
-            "vllm:smollm2", [MSGS[0], {"role": "assistant", "content": MSGS[1]["content"]}], base
-        ),
-        request_key("vllm:smollm2", MSGS[1:], base),
-        request_key("vllm:smollm2", [*MSGS, {"role": "user", "content": ""}], base),
-    ]
-    for field, value in [
-        ("n", 3),
-        ("temperature", 0.8),
-        ("top_p", 1.0),
-        ("max_tokens", 13),
-        ("seed", 4),
-        ("seed", None),
-        ("json_schema", SCHEMA),
-    ]:
-        kw = dict(n=2, temperature=0.9, top_p=0.95, max_tokens=12, seed=3)
-        kw[field] = value
-        changed.append(request_key("vllm:smollm2", MSGS, Sampling(**kw)))
-    changed.append(
-        request_key(
-            "vllm:smollm2",
-            MSGS,
-            Sampling(**{**base.__dict__, "json_schema": {**SCHEMA, "required": []}}),
-        )
-    )
-    assert len(set(changed)) == len(changed) and k not in changed
-    with pytest.raises(ValueError, match="model_id"):
-        request_key("", MSGS, base)
-
-
-def test_model_identity_names_the_real_model():
-    assert model_identity("vllm", "smollm2-135m-instruct") == "vllm:smollm2-135m-instruct"
-    assert model_identity("openai", "gpt-x", "https://h/v1/") == "openai:https://h/v1:gpt-x"
-
-    class Pool:
-        backend, model, url, batch_size, concurrency = "hf", "tiny-llama", None, 8, 2
-
-    c = LLMClient.for_pool(_FakeEndpoint(), Pool())
-    assert (c.model_id, c.batch_size, c.concurrency, c.structured_output) == (
-        "hf:tiny-llama",
-        8,
-        2,
-        False,
-    )
-    with pytest.raises(ValueError, match="max_error_fraction"):
-        LLMClient(_FakeEndpoint(), "m", max_error_fraction=1.5)
-
-
-def test_request_cache_round_trip_persists_in_wal_mode(tmp_path):
-    cache = RequestCache.in_dir(tmp_path / "c")
-    assert cache.path == tmp_path / "c" / "llm_requests.sqlite"
-    assert cache.get_many(["a", "b"]) == {}
-    ans = CachedAnswer(["x", "ümlaut ✓"], 5, 9)
-    assert cache.put_many([("a", "m", ans)]) == 1
-    cache.close()
-    again = RequestCache.in_dir(tmp_path / "c")
-    assert again.get_many(["a", "b"]) == {"a": ans} and len(again) == 1
-    mode = sqlite3.connect(again.path).execute("PRAGMA journal_mode").fetchone()[0]
-    assert mode == "wal"
-    # A damaged value is a miss (sent again), never a crash or a wrong answer.
-    with sqlite3.connect(again.path) as db:
-        db.execute("UPDATE answers SET candidates = '{not json' WHERE key = 'a'")
-    assert again.get_many(["a"]) == {} and again.corrupt == 1
-    with pytest.raises(RequestCacheError, match="local file"):
-        RequestCache("s3://bucket/llm_requests.sqlite")
-
-
-# ============================================================ structured output
-
-
-def test_json_schema_payload_shape_and_backend_capability():
-    p = build_payload("teacher", MSGS, Sampling(json_schema=SCHEMA))
-    assert p["response_format"] == {
-        "type": "json_schema",
-        "json_schema": {"name": "edit", "schema": SCHEMA},
-    }
-    untitled = {"type": "object", "title": "not a valid name!"}
-    assert (
-        build_payload("t", MSGS, Sampling(json_schema=untitled))["response_format"]["json_schema"][
-            "name"
-        ]
-        == "output"
-    )
-    assert "response_format" not in build_payload("t", MSGS, Sampling())
-    with pytest.raises(ValueError, match="json_schema"):
-        build_payload("t", MSGS, Sampling(json_schema=["not", "a", "dict"]))
-    s = Sampling(json_schema=SCHEMA)
-    vllm = LLMClient(_FakeEndpoint(), "vllm:m", backend="vllm")
-    hf = LLMClient(_FakeEndpoint(), "hf:m", backend="hf")
-    assert vllm.effective_sampling(s).json_schema == SCHEMA
-    assert hf.effective_sampling(s).json_schema is None
-    # Not sent → not part of the key: the hf request is the plain one.
-    assert hf.request_key(MSGS, s) == hf.request_key(MSGS, Sampling())
-    assert vllm.request_key(MSGS, s) != vllm.request_key(MSGS, Sampling())
-
-
-# ============================================================ parse_json_object
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ('{"text": "a dull film", "changed": 1}', {"text": "a dull film", "changed": 1}),
-        ('```json\n{"text": "x"}\n```', {"text": "x"}),
-        ('Sure! Here is the JSON:\n```\n{"text": "x"}\n```\nHope this helps.', {"text": "x"}),
-        (
-            'Here you go: {"a": {"b": [1, {"c": "}"}]}} -- done {"later": 1}',
-            {"a": {"b": [1, {"c": "}"}]}},
-        ),
-        ('Use {curly} braces: {"text": "y"}', {"text": "y"}),
-        (
-            '{"answer": "B", "explanation": "because \\"quoted\\" {x}"}',
-            {"answer": "B", "explanation": 'because "quoted" {x}'},
-        ),
-    ],
-)
-def test_parse_json_object_finds_the_object(text, expected):
-    assert parse_json_object(text) == (expected, "")
-
-
-@pytest.mark.parametrize(
-    ("text", "reason"),
-    [
-        (None, "empty"),
-        ("  \n", "empty"),
-        ("no json here", "no_json"),
-        ('{"text": "a dull fi', "truncated"),
-        ('Sure: {"a": {"b": 1}', "truncated"),  # the inner object is a fragment
-        ('```json\n{"text": "x", ', "truncated"),
-        ("[1, 2, 3]", "not_object"),
-        ('"just a string"', "not_object"),
-        ("```json\n[1, 2]\n```", "not_object"),
-        ('{"a": 1,}', "invalid_json"),
-        ("{not: json}", "invalid_json"),
-        ("[" * 50_000 + "]" * 50_000, "no_json"),  # too deep to decode: no RecursionError
-        ("{" * 50_000, "truncated"),
-        ("x" * 300_000, "too_long"),
-    ],
-)
-def test_parse_json_object_rejects_with_a_reason(text, reason):
-    assert parse_json_object(text) == (None, reason)
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.text(max_size=400))
-def test_parse_json_object_never_raises_on_arbitrary_unicode(text):
-    obj, why = parse_json_object(text)
-    assert (isinstance(obj, dict) and why == "") or (obj is None and why in JSON_REJECTS)
-
-
-_JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
-    ),
-    max_leaves=10,
-)
-_CHATTER = st.text(alphabet=st.characters(blacklist_characters='{}[]"`'), max_size=40)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.text(max_size=8), _JSON, max_size=4), _CHATTER, _CHATTER)
-def test_parse_json_object_recovers_an_object_from_chatter(obj, before, after):
-    text = before + json.dumps(obj, ensure_ascii=False) + after
-    assert parse_json_object(text) == (obj, "")
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.text(min_size=1, max_size=8), _JSON, min_size=1, max_size=4), st.data())
-def test_parse_json_object_never_returns_part_of_a_truncated_object(obj, data):
-    full = json.dumps(obj)
-    cut = data.draw(st.integers(min_value=1, max_value=len(full) - 1))
-    assert parse_json_object("Answer: " + full[:cut]) == (None, "truncated")
 
 
 # ============================================================ through Ray + HTTP
@@ -561,7 +333,7 @@ def test_cod_through_the_client_a_cached_rerun_sends_nothing_and_gives_the_same_
     ray_session, tiny_teacher, tmp_path
 ):
     """Swap strategy, 2 rounds (round 2 asks new per-round prompts). The old call with an
-    Endpoint is `test_teacher_pool.py::TestHFBackend::test_generate_counterfactuals`.
+    Endpoint is `test_teacher_pool_serve.py::TestHFBackend::test_generate_counterfactuals`.
     Most of the time here is the teacher's Ray Data stages (~7 s each), not the LLM."""
     from raydistill.config import CounterfactualConfig
     from raydistill.pipelines.counterfactuals import generate_counterfactuals

@@ -1,0 +1,24 @@
+"""A chat message and an endpoint nobody answers, shared by the teacher-pool tests
+(test_teacher_pool_*.py, test_llm_stage_parsing.py).
+
+    from pool_endpoints import USER, dead_endpoint   # tests/ is on sys.path (conftest)
+
+`dead_endpoint()` points at a port that was free a moment ago and is closed again, so a
+request to it is refused at once: the tests see an unreachable pool fail fast and
+clearly without waiting on a timeout, and without any server of their own.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from raydistill.serving.teacher_pool import Endpoint
+
+USER = [{"role": "user", "content": "Rewrite: the film was great."}]
+
+
+def dead_endpoint() -> Endpoint:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    return Endpoint(f"http://127.0.0.1:{port}/v1", "teacher", {})
