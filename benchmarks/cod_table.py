@@ -203,7 +203,7 @@ def render(tables: dict, commands: dict[str, str], wall: dict[str, float]) -> st
         for r in rep["summary"]:
             paper = PAPER.get((task_key, arm_of(r), r["k"]))
             lines.append(
-                f"| {r['k']} | {r['method']} | {r['n_seeds']} | {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} | "
+                f"| {r['k']} | {arm_of(r)} | {r['n_seeds']} | {r['accuracy']:.3f} ± {r['accuracy_std']:.3f} | "
                 f"{r['fidelity']:.3f} | {'' if paper is None else f'{paper:.3f}'} |"
             )
         lines.append(

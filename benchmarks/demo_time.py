@@ -47,6 +47,8 @@ def load_average() -> float:
 
 
 def run_once(precision: str, extra: list[str], base_cache: Path) -> dict:
+    from raydistill.cluster.report import arm_of
+
     cache = fresh_cache(base_cache)
     out = ROOT / "benchmarks" / "runs" / f"demo-{precision}"
     shutil.rmtree(out, ignore_errors=True)
@@ -89,7 +91,7 @@ def run_once(precision: str, extra: list[str], base_cache: Path) -> dict:
         "student_step_s": round(sum(r.get("step_s") or 0 for r in rows), 1),
         "student_precision": sorted({str(r.get("precision")) for r in rows}),
         "summary": [
-            {k: r[k] for k in ("method", "k", "n_seeds", "accuracy", "accuracy_std")}
+            {"arm": arm_of(r), **{k: r[k] for k in ("k", "n_seeds", "accuracy", "accuracy_std")}}
             for r in rep["summary"]
         ],
         "cod_gains": rep.get("cod_gains"),
@@ -125,13 +127,13 @@ def render(runs: list[dict], command: str) -> str:
             f"{r['teacher_test_accuracy']:.3f} | {r['flip_rate']} |"
         )
     lines += ["", "Test accuracy per arm (mean ± sd over the recipe's seeds):", ""]
-    arms = [(s["method"], s["k"]) for s in runs[0]["summary"]]
+    arms = [(s["arm"], s["k"]) for s in runs[0]["summary"]]
     lines.append("| arm | k | " + " | ".join(r["precision"] for r in runs) + " |")
     lines.append("|---|---|" + "---|" * len(runs))
     for m, k in arms:
         cells = []
         for r in runs:
-            s = next((x for x in r["summary"] if (x["method"], x["k"]) == (m, k)), None)
+            s = next((x for x in r["summary"] if (x["arm"], x["k"]) == (m, k)), None)
             cells.append("–" if s is None else f"{s['accuracy']:.3f} ± {s['accuracy_std']:.3f}")
         lines.append(f"| {m} | {k} | " + " | ".join(cells) + " |")
     lines += ["", "CoD gains (points):", ""]

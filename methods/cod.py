@@ -56,7 +56,10 @@ BASELINES = {name: a.baseline for name, a in ARMS.items() if a.baseline}
 #    from the training split; sentence pairs; swap replies echoing the prompt's framing,
 #    of function words only or cut off mid-phrase are refused. Binary-sentiment swap
 #    prompts are unchanged, so their requests still come from the request cache.
-PROMPT_VERSION = 3
+# 4: candidates of multi-paragraph inputs (a news article's headline and body) keep the
+#    original's paragraphs; one-paragraph inputs are cleaned as before, and their LLM
+#    requests are unchanged (answered from the request cache).
+PROMPT_VERSION = 4
 
 
 def check_arms(arms: list[str]) -> None:

@@ -110,6 +110,11 @@ def cut_trailer(s: str) -> str:
     return s[: m.start()].strip() if m else s
 
 
+def paragraphs(text: str) -> list[str]:
+    """The non-empty paragraphs (blank-line separated) of a text, stripped."""
+    return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
 def clean_candidate(
     raw: str | None,
     original: str,
@@ -143,11 +148,14 @@ def clean_candidate(
         # (unless the original itself starts that way): cut like the echoes above.
         s = strip_prefixes(s, re.compile(rf"^\s*{colon.pattern}\s*", re.IGNORECASE), times=1)
     s = cut_trailer(s)
-    # Multi-paragraph answers: the first non-empty paragraph is the candidate.
-    paras = [p.strip() for p in re.split(r"\n\s*\n", s) if p.strip()]
-    s = paras[0] if paras else ""
-    s = strip_quotes(s)
-    s = re.sub(r"\s+", " ", s).strip()
+    # Multi-paragraph answers: as many leading paragraphs as the original has are the
+    # candidate (one for a sentence; a news article's headline and body are two), the
+    # rest is chatter. Cutting every reply to its first paragraph once made each BBC
+    # candidate a bare headline, rejected as not_minimal: 0 of 30 seeds flipped.
+    n = max(1, len(paragraphs(original)))
+    paras = paragraphs(s)[:n]
+    s = strip_quotes("\n\n".join(paras))
+    s = "\n\n".join(re.sub(r"\s+", " ", p).strip() for p in paragraphs(s))
     if not words(s):
         return None, REJECT_EMPTY
     if words(s) == words(original):

@@ -79,6 +79,18 @@ class CachedAnswer:
     prompt_tokens: int
 
 
+def _candidates_json(candidates: Iterable[Any]) -> str:
+    """Candidates as stored: readable UTF-8 JSON, or ASCII-escaped JSON when an answer
+    holds a lone surrogate (JSON's "\\ud800" decodes to one, and SQLite's UTF-8 cannot
+    hold it; found by the Hypothesis round-trip test). Both read back the same."""
+    text = json.dumps([str(c) for c in candidates], ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps([str(c) for c in candidates], ensure_ascii=True)
+    return text
+
+
 class RequestCacheError(RuntimeError):
     """The cache file cannot be opened or used (names the file)."""
 
@@ -165,7 +177,7 @@ class RequestCache:
             (
                 key,
                 model_id,
-                json.dumps([str(c) for c in a.candidates], ensure_ascii=False),
+                _candidates_json(a.candidates),
                 int(a.generated_tokens),
                 int(a.prompt_tokens),
                 now,

@@ -287,10 +287,19 @@ def test_demo_time_fresh_cache_links_only_what_install_leaves(tmp_path):
         "student_train_s": 290.0,
         "student_step_s": 120.0,
         "student_precision": ["bf16-autocast"],
-        "summary": [{"method": "kd", "k": 8, "n_seeds": 3, "accuracy": 0.6, "accuracy_std": 0.01}],
-        "cod_gains": [{"method": "kd+cod", "k": 8, "gain": 0.05}],
+        "summary": [{"arm": "kd", "k": 8, "n_seeds": 3, "accuracy": 0.6, "accuracy_std": 0.01}],
+        "cod_gains": [{"arm": "kd+cod", "k": 8, "gain": 0.05}],
         "flip_rate": 0.9,
     }
     md = render([run], "python -m benchmarks.demo_time")
     assert "| bf16 (bf16-autocast) | 10.0 | 0.1→1.9 | 100.0 | 20.0 | 90.0 | 300.0 |" in md
     assert "| kd | 8 | 0.600 ± 0.010 |" in md and "kd+cod@8: +5.0" in md
+
+
+def test_render_reads_reports_that_name_arms():
+    """Reports name a row's arm `arm` since the method modules; older ones `method`."""
+    rep = _report()
+    for r in rep["summary"] + rep["results"] + rep["cod_gains"]:
+        r["arm"] = r.pop("method")
+    md = render({"sst2": rep}, {"sst2": "c"}, {})
+    assert "| 8 | kd+cod | 2 | 0.550 ± 0.000 |" in md and "kd+cod@k=8: -5.0" in md

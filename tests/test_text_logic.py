@@ -171,3 +171,23 @@ def test_verifier_splices_edits_of_a_truncated_input_back_onto_the_rest():
     assert got == text.replace("wonderful", "dreadful")
     whole = FlipVerifier(tiny, **kw)(dict(batch))
     assert whole["num_valid"][0] == 0 and "not_minimal" in whole["rejects"][0]
+
+
+def test_multi_paragraph_originals_keep_their_paragraphs():
+    """A news article (headline + body) edited in a few words stays a minimal edit: the
+    cleaner keeps as many paragraphs as the original has, and only chatter after them is
+    cut (it once cut every candidate to its headline: 0 of 30 BBC seeds flipped)."""
+    from raydistill.pipelines.counterfactual_checks import clean_candidate
+
+    orig = "Stocks rally on growth data\n\nShares rose sharply as the economy grew in the quarter."
+    swapped = "Team rally on growth data\n\nPlayers rose sharply as the season grew in the quarter."
+    text, why = clean_candidate(swapped, orig, max_edit_fraction=0.5)
+    assert (text, why) == (swapped, "")
+    reply = f'"{swapped}"\n\nI changed three words to make it about sport.\n\nHope this helps!'
+    assert clean_candidate(reply, orig, max_edit_fraction=0.5) == (swapped, "")
+    # Whitespace inside a paragraph is normalized, the paragraph break kept.
+    messy = swapped.replace("Players rose", "Players   rose\n")
+    assert clean_candidate(messy, orig, max_edit_fraction=0.5) == (swapped, "")
+    # A one-paragraph original still takes only the reply's first paragraph.
+    one = "a dull film"
+    assert clean_candidate("a fine film\n\nNote: dull -> fine", one) == ("a fine film", "")
