@@ -1,6 +1,6 @@
 """`make demo` after install, on a fresh cache, per training precision.
 
-    python -m benchmarks.demo_time                        # fp32 then bf16 (student + teacher)
+    python -m benchmarks.demo_time                        # bf16 then fp32 (student + teacher)
     python -m benchmarks.demo_time --precisions bf16 --set student.epochs=30
 
 Each run is `raydistill run recipes/sst2-cod.yaml` in its own process with a cache that
@@ -150,7 +150,7 @@ def render(runs: list[dict], command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    p.add_argument("--precisions", nargs="+", default=["bf16", "fp32"])
     p.add_argument("--set", nargs="*", default=[], help="extra key=value overrides")
     p.add_argument("--tag", default="demo_time")
     args = p.parse_args(argv)
