@@ -267,17 +267,41 @@ def human_reference_fluency(cfg: RunConfig, seeds: list[dict[str, Any]]) -> dict
     reference the LLM's edits are read against. None elsewhere or with fluency off."""
     if cfg.method.counterfactuals.fluency_model is None or cfg.data.task != "imdb":
         return None
-    from raydistill.pipelines.counterfactual_records import human_fluency
     from raydistill.pipelines.datasets import DataError, load_human_counterfactuals
 
     try:
         human = load_human_counterfactuals(cfg.data, "train")
     except (DataError, FileNotFoundError):
         return None  # IMDB from the Hub: no CAD pairs to compare with
-    scores = human_fluency(seeds, human, fluency_dir(cfg))
+    scores = _cached_human_fluency(cfg, seeds, human)
     return fluency_summary(
         list(scores.values()), model=cfg.method.counterfactuals.fluency_model, source="human:cad"
     )
+
+
+def _cached_human_fluency(
+    cfg: RunConfig, seeds: list[dict[str, Any]], human: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """`human_fluency`, kept in the cache dir by the pairs and the LM that scored them: a
+    rerun (another k, another arm) would otherwise load the LM and rescore every review."""
+    from raydistill.pipelines.counterfactual_records import human_fluency
+    from raydistill.pipelines.fluency import FLUENCY_VERSION
+
+    name = cfg.method.counterfactuals.fluency_model
+    pairs = [(s["id"], s["text"], human[s["id"]]["text"]) for s in seeds if s["id"] in human]
+    key = stable_hash({"model": name, "version": FLUENCY_VERSION, "pairs": pairs})
+    path = cfg.resolved_cache_dir() / "fluency" / f"human-{key}.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass  # a torn write: score again
+    scores = human_fluency(seeds, human, fluency_dir(cfg))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(scores))
+    tmp.replace(path)
+    return scores
 
 
 def generation_key(

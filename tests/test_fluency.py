@@ -382,3 +382,37 @@ def test_human_cad_edits_are_scored_as_the_reference():
     # Without a fluency LM the records still have every field, unscored.
     plain, _ = human_counterfactual_records(seeds, human, resolve_model("tiny-bert"), 32)
     assert plain[0]["lp_delta"] is None and plain[0]["inserted_words"] == []
+
+
+def test_human_reference_fluency_is_scored_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    """IMDB's human CAD edits are the fluency reference: scored by the LM on the first run,
+    read back from the cache dir on a rerun (the LM is not loaded again)."""
+    from raydistill.config import load_config
+    from raydistill.methods import cod
+    from raydistill.pipelines import counterfactual_records
+    from raydistill.pipelines.datasets import load_human_counterfactuals
+
+    cfg = load_config(
+        SMOKE,
+        [
+            "data.task=imdb",
+            f"cache_dir={tmp_path}",
+            "method.counterfactuals.fluency_model=tiny-llama",
+        ],
+    )
+    human = load_human_counterfactuals(cfg.data, "train")
+    from raydistill.pipelines.datasets import load_split
+
+    seeds = [r for r in load_split(cfg.data, "train") if r["id"] in human][:2]
+    first = cod.human_reference_fluency(cfg, seeds)
+    assert first["n"] == 2 and first["source"] == "human:cad"
+    assert len(list((tmp_path / "fluency").glob("human-*.json"))) == 1
+
+    def boom(*a, **k):
+        raise AssertionError("rescored instead of read from the cache")
+
+    monkeypatch.setattr(counterfactual_records, "human_fluency", boom)
+    assert cod.human_reference_fluency(cfg, seeds) == first
+    # Other seeds are other pairs: scored anew (here: the patched scorer is reached).
+    with pytest.raises(AssertionError, match="rescored"):
+        cod.human_reference_fluency(cfg, seeds[:1])
