@@ -391,7 +391,7 @@ def generate_cached(
         cached.update(fresh)
         save_records([r for rs in cached.values() for r in rs], path)
         summary = stats.summary()
-        summary["pool_startup_s"] = round(startup, 1)
+        summary["pool_startup_s"] = round(startup.seconds, 1)
     records = [r for s in seeds for r in cached[s["id"]]]
     # Stats over exactly the seeds of this run (cached ones included); with targets: all,
     # "seeds" counts (seed, target class) items and "seed_rows" the seeds.

@@ -143,7 +143,7 @@ def generate_chain(
     if llm is None:
         with stages.generator(cfg) as (client, startup):
             chain, stats = generate_chain(cfg, rows, client)
-        return chain, {**stats, "pool_startup_s": round(startup, 1)}
+        return chain, {**stats, "pool_startup_s": round(startup.seconds, 1)}
     from raydistill.pipelines.explanations import (
         CRITIQUE_SCHEMA,
         accept_revision,
@@ -463,7 +463,8 @@ def judge_stage(
     generations and on the teacher's human / original / revised explanations."""
     if llm is None:
         with stages.generator(cfg) as (client, startup):
-            return {**judge_stage(cfg, prep, results, client), "pool_startup_s": round(startup, 1)}
+            out = judge_stage(cfg, prep, results, client)
+        return {**out, "pool_startup_s": round(startup.seconds, 1)}
     from raydistill.pipelines.explanations import (
         PROMPT_VERSION,
         item_means,

@@ -165,33 +165,51 @@ def teacher_accuracy(rows: list[Row]) -> float:
     return float(np.mean([r["teacher_pred"] == r["label"] for r in rows])) if rows else float("nan")
 
 
-@contextlib.contextmanager
-def generator(cfg: RunConfig) -> Iterator[tuple[Any, float]]:
-    """Start the LLM pool and yield (LLMClient, startup seconds); shut the pool down after.
+@dataclass
+class PoolStart:
+    """When the stage's pool started: `seconds` it took, 0.0 if no request needed it."""
 
-    Every request goes through the client's content-addressed cache in the cache dir, so
-    a rerun after a crash, or another round, never repeats a finished request.
+    seconds: float = 0.0
+    started: bool = False
+
+
+@contextlib.contextmanager
+def generator(cfg: RunConfig) -> Iterator[tuple[Any, PoolStart]]:
+    """Yield (LLMClient, PoolStart) for the recipe's pool; shut the pool down after.
+
+    The pool starts on the first request the cache cannot answer: every request goes
+    through the client's content-addressed cache in the cache dir, so a rerun after a
+    crash, or another round, never repeats a finished request, and a stage whose answers
+    are all cached never pays for a pool start. Read `PoolStart.seconds` after the work.
     """
     from raydistill.console import quiet_libraries
-    from raydistill.pipelines.llm_requests import LLMClient
+    from raydistill.pipelines.llm_requests import DeferredEndpoint, LLMClient
     from raydistill.pipelines.request_cache import RequestCache
     from raydistill.serving.teacher_pool import make_pool
 
     pool = make_pool(cfg.pool, cfg.resolved_cache_dir())
-    if cfg.pool.backend != "openai":
-        import ray.serve  # noqa: F401  (Serve's driver logger exists now, to be quieted)
-    quiet_libraries()
-    t0 = time.perf_counter()
-    console().update(note=f"starting the {cfg.pool.backend} pool")  # the stage's line
-    endpoint = pool.start()
-    startup = time.perf_counter() - t0
-    console().update(note="")
-    quiet_libraries()  # anything the pool's start configured
+    timing = PoolStart()
+    attempted: list[bool] = []  # a start that failed half-way is shut down too
+
+    def start() -> Any:
+        attempted.append(True)
+        if cfg.pool.backend != "openai":
+            import ray.serve  # noqa: F401  (Serve's driver logger exists now, to be quieted)
+        quiet_libraries()
+        t0 = time.perf_counter()
+        console().update(note=f"starting the {cfg.pool.backend} pool")  # the stage's line
+        endpoint = pool.start()
+        timing.seconds, timing.started = time.perf_counter() - t0, True
+        console().update(note="")
+        quiet_libraries()  # anything the pool's start configured
+        return endpoint
+
     cache = RequestCache.in_dir(cfg.resolved_cache_dir())
     try:
-        yield LLMClient.for_pool(endpoint, cfg.pool, cache), startup
+        yield LLMClient.for_pool(DeferredEndpoint(start), cfg.pool, cache), timing
     finally:
-        pool.shutdown()
+        if attempted:
+            pool.shutdown()
         cache.close()
 
 

@@ -453,8 +453,8 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         }
         if todo:
             with sw.stage("generate"), stages.generator(cfg) as (llm, startup):
-                sw.t["pool_startup_s"] = round(sw.t.get("pool_startup_s", 0) + startup, 1)
                 generate_round(cfg, prep, todo, rnd, students, llm, root)
+            sw.t["pool_startup_s"] = round(sw.t.get("pool_startup_s", 0) + startup.seconds, 1)
         jobs = []
         for (a, k, s), st in active.items():
             base = [prep.rows[i] for i in prep.kshot[(k, s)]]

@@ -155,6 +155,28 @@ class LLMStats:
         return d
 
 
+class DeferredEndpoint:
+    """An endpoint whose pool starts when the first request needs it.
+
+    A stage whose requests are all in the cache (a rerun, the judge of a finished run)
+    then never starts the pool, which costs 45-90 s on a CPU (vLLM engine start). `start`
+    returns the real `Endpoint`; it runs at most once.
+    """
+
+    def __init__(self, start: Any) -> None:
+        self._start = start
+        self._endpoint: Any = None
+
+    @property
+    def started(self) -> bool:
+        return self._endpoint is not None
+
+    def resolve(self) -> Any:
+        if self._endpoint is None:
+            self._endpoint = self._start()
+        return self._endpoint
+
+
 class LLMClient:
     """Cached, batched, fault-counting chat requests to one pool endpoint.
 
@@ -200,7 +222,7 @@ class LLMClient:
                 "LLMClient: batch_size and concurrency must be >= 1 and max_retries >= 0 "
                 f"(got {batch_size}, {concurrency}, {max_retries})"
             )
-        self.endpoint = endpoint
+        self._endpoint = endpoint
         self.model_id = model_id
         self.cache = cache
         self.backend = backend
@@ -243,13 +265,27 @@ class LLMClient:
             **kwargs,
         )
 
+    @property
+    def endpoint(self) -> Any:
+        """Where requests go; a `DeferredEndpoint` starts its pool here, on first use."""
+        if isinstance(self._endpoint, DeferredEndpoint):
+            return self._endpoint.resolve()
+        return self._endpoint
+
     @classmethod
     def uncached(cls, endpoint: Any, **kwargs: Any) -> LLMClient:
         """No cache, identity from the endpoint (for callers that only have one)."""
         return cls(endpoint, f"endpoint:{endpoint.base_url}:{endpoint.model}", None, **kwargs)
 
     def __repr__(self) -> str:
-        return f"LLMClient({self.model_id!r}, url={self.endpoint.chat_url!r}, cache={self.cache})"
+        return f"LLMClient({self.model_id!r}, url={self._url()!r}, cache={self.cache})"
+
+    def _url(self) -> str:
+        """The chat URL for messages, without starting a deferred pool to name it."""
+        ep = self._endpoint
+        if isinstance(ep, DeferredEndpoint) and not ep.started:
+            return "(pool not started)"
+        return self.endpoint.chat_url
 
     # ------------------------------------------------------------------ requests
 
@@ -351,7 +387,7 @@ class LLMClient:
                 "%d of %d LLM requests to %s failed (%s)",
                 failed,
                 len(rows),
-                self.endpoint.chat_url,
+                self._url(),
                 call.errors,
             )
         return out
@@ -371,7 +407,7 @@ class LLMClient:
         return (
             f"LLM requests failed for {failed} of {len(out)} rows (more than "
             f"max_error_fraction={self.max_error_fraction:g}) against "
-            f"{self.endpoint.chat_url} (model {self.model_id}); by kind: "
+            f"{self._url()} (model {self.model_id}); by kind: "
             f"{dict(sorted(kinds.items()))}; first errors: {first}. Answers that arrived "
             "are cached; a rerun sends only the failed rows."
         )
@@ -397,7 +433,7 @@ class LLMClient:
                 "%d LLM requests to %s failed (%s); sending them again in %.0f s "
                 "(recovery round %d of %d: the pool may be replacing a replica)",
                 len(failed),
-                self.endpoint.chat_url,
+                self._url(),
                 kinds,
                 wait,
                 round_no,
@@ -473,6 +509,6 @@ class LLMClient:
         if lost:
             raise RuntimeError(
                 f"LLM chat stage returned {len(answers)} of {len(keys)} requests "
-                f"({len(lost)} missing) from {self.endpoint.chat_url}"
+                f"({len(lost)} missing) from {self._url()}"
             )
         return answers

@@ -168,3 +168,31 @@ def test_json_schema_payload_shape_and_backend_capability():
     # Not sent → not part of the key: the hf request is the plain one.
     assert hf.request_key(MSGS, s) == hf.request_key(MSGS, Sampling())
     assert vllm.request_key(MSGS, s) != vllm.request_key(MSGS, Sampling())
+
+
+def test_a_deferred_pool_starts_only_for_a_request_the_cache_cannot_answer(tmp_path):
+    """A stage whose answers are all cached (a rerun, the judge of a finished run) never
+    starts the pool; the first miss starts it, once."""
+    from raydistill.pipelines.llm_requests import DeferredEndpoint
+    from raydistill.pipelines.llm_stage import normalize_messages
+
+    starts = []
+
+    def start():
+        starts.append(1)
+        raise RuntimeError("pool started")
+
+    with RequestCache(tmp_path / "c.sqlite") as cache:
+        client = LLMClient(DeferredEndpoint(start), "vllm:m", cache)
+        sampling = Sampling(n=1, max_tokens=8)
+        key = request_key(
+            client.model_id, normalize_messages(MSGS), client.effective_sampling(sampling)
+        )
+        cache.put_many([(key, "vllm:m", CachedAnswer(["a fine film"], 3, 9))])
+        [row] = client.chat([{"messages": MSGS}], sampling)
+        assert row["candidates"] == ["a fine film"] and row["cached"]
+        assert starts == [] and "pool not started" in repr(client)
+        other = [{"role": "user", "content": "Opposite of 'dull':"}]
+        with pytest.raises(RuntimeError, match="pool started"):
+            client.chat([{"messages": other}], sampling)
+        assert starts == [1]
