@@ -33,9 +33,9 @@ RECIPE = ROOT / "recipes" / "sst2-cod.yaml"
 INSTALLED = ("models", "gguf")
 
 
-def fresh_cache(base: Path) -> Path:
+def fresh_cache(base: Path, parent: Path | None = None) -> Path:
     """A cache dir as a fresh install leaves it: the converted models, nothing learnt."""
-    d = Path(tempfile.mkdtemp(prefix="rd-demo-cache-"))
+    d = Path(tempfile.mkdtemp(prefix="rd-demo-cache-", dir=parent))
     for name in INSTALLED:
         if (base / name).exists():
             (d / name).symlink_to(base / name)
@@ -77,7 +77,6 @@ def run_once(precision: str, extra: list[str], base_cache: Path) -> dict:
             f"{out / 'logs' / 'benchmark_console.txt'}:\n{proc.stderr[-3000:]}"
         )
     rep = json.loads((out / "report.json").read_text())
-    rows = rep["results"]
     return {
         "precision": precision,
         "command": " ".join(shlex.quote(c) for c in cmd[1:]),
@@ -86,10 +85,7 @@ def run_once(precision: str, extra: list[str], base_cache: Path) -> dict:
         "load_average_end": load_average(),
         "timings": rep.get("timings"),
         "teacher_test_accuracy": (rep.get("teacher") or {}).get("test_accuracy"),
-        "students": len(rows),
-        "student_train_s": round(sum(r.get("train_s") or 0 for r in rows), 1),
-        "student_step_s": round(sum(r.get("step_s") or 0 for r in rows), 1),
-        "student_precision": sorted({str(r.get("precision")) for r in rows}),
+        **student_stats(out),
         "summary": [
             {"arm": arm_of(r), **{k: r[k] for k in ("k", "n_seeds", "accuracy", "accuracy_std")}}
             for r in rep["summary"]
@@ -99,13 +95,28 @@ def run_once(precision: str, extra: list[str], base_cache: Path) -> dict:
     }
 
 
+def student_stats(out: Path) -> dict:
+    """Per-student seconds and precision from the run's ledger (`results.jsonl`; the
+    report's result rows leave them out)."""
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line]
+    return {
+        "students": len(rows),
+        "student_train_s": round(sum(r.get("train_s") or 0 for r in rows), 1),
+        "student_step_s": round(sum(r.get("step_s") or 0 for r in rows), 1),
+        "student_precision": sorted({str(r.get("precision")) for r in rows}),
+    }
+
+
 def render(runs: list[dict], command: str) -> str:
     from raydistill.cluster.report import arm_of
 
     lines = [
         "# `make demo` on a fresh cache, per training precision",
         "",
-        f"Command: `{command}`",
+        *[
+            f"Command: `{c}`"
+            for c in dict.fromkeys(r.get("benchmark_command", command) for r in runs)
+        ],
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, no GPU. Each run is "
         "`raydistill run recipes/sst2-cod.yaml` with a cache holding only the installed "
@@ -153,15 +164,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precisions", nargs="+", default=["bf16", "fp32"])
     p.add_argument("--set", nargs="*", default=[], help="extra key=value overrides")
     p.add_argument("--tag", default="demo_time")
+    p.add_argument(
+        "--refresh",
+        action="store_true",
+        help="re-read the run folders' ledgers into the saved JSON and re-render",
+    )
     args = p.parse_args(argv)
+    if args.refresh:
+        saved = json.loads((RESULTS / f"{args.tag}.json").read_text())
+        for r in saved["runs"]:
+            r.update(student_stats(ROOT / "benchmarks" / "runs" / f"demo-{r['precision']}"))
+        (RESULTS / f"{args.tag}.json").write_text(json.dumps(saved, indent=2))
+        (RESULTS / f"{args.tag}.md").write_text(render(saved["runs"], saved["command"]))
+        return 0
     command = "python -m benchmarks.demo_time " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
     base = Path(os.environ.get("RAYDISTILL_CACHE") or "~/.cache/raydistill").expanduser()
-    runs = []
     RESULTS.mkdir(parents=True, exist_ok=True)
+    # Runs of other precisions already in the file are kept (each with its command), so
+    # one precision can be rerun on its own.
+    path = RESULTS / f"{args.tag}.json"
+    saved = json.loads(path.read_text()) if path.exists() else {"runs": []}
+    for r in saved["runs"]:
+        r.setdefault("benchmark_command", saved.get("command", "?"))
+    runs = [r for r in saved["runs"] if r["precision"] not in args.precisions]
     for prec in args.precisions:
-        runs.append(run_once(prec, args.set, base))
+        runs.append(run_once(prec, args.set, base) | {"benchmark_command": command})
         print(f"{prec}: {runs[-1]['wall_s']:.0f} s", flush=True)
         (RESULTS / f"{args.tag}.json").write_text(
             json.dumps({"command": command, "runs": runs}, indent=2)

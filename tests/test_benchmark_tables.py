@@ -274,7 +274,7 @@ def test_demo_time_fresh_cache_links_only_what_install_leaves(tmp_path):
     for name in ("models", "gguf", "teachers", "counterfactuals"):
         (base / name).mkdir(parents=True)
     (base / "llm_requests.sqlite").write_text("answers")
-    d = fresh_cache(base)
+    d = fresh_cache(base, tmp_path)
     assert sorted(p.name for p in d.iterdir()) == ["gguf", "models"]
     assert (d / "models").resolve() == (base / "models").resolve()
     run = {
