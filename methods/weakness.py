@@ -210,6 +210,10 @@ def signature(cfg: RunConfig, prep: Prepared) -> str:
         # NER samples since the entity-type enum in the JSON schema: other generations,
         # so other students (classification and summary schemas did not change).
         extra["schema"] = "ner-type-enum"
+    if prep.spec.kind == "seq2seq":
+        # Summaries that echo the prompt's instruction are refused since: other accepted
+        # samples, so other students.
+        extra["summary_checks"] = "instruction-echo"
     return student_signature(cfg, prep.teacher.path if prep.teacher else None, extra)
 
 

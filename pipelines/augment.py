@@ -24,6 +24,7 @@ from raydistill.pipelines.augment_prompts import (
     parse_sample,
     prompt_hash,
     schema_for,
+    summary_instruction,
     summary_messages,
 )
 from raydistill.pipelines.augment_verify import R_COPY, is_copy, ner_sample, summary_problem
@@ -121,7 +122,12 @@ def build_candidate(
     if spec.kind == "seq2seq":
         if is_copy(sample["source"], seed["source"]):
             return None, R_COPY
-        why = summary_problem(sample["source"], sample["target"], min_overlap=min_overlap)
+        why = summary_problem(
+            sample["source"],
+            sample["target"],
+            min_overlap=min_overlap,
+            instruction=summary_instruction(len(str(seed["target"]).split())),
+        )
         if why:
             return None, why
         return {

@@ -131,13 +131,19 @@ def ner_messages(seed: dict[str, Any], entities: list[tuple[str, str]]) -> list:
     ]
 
 
-def summary_messages(seed: dict[str, Any], max_doc_chars: int = 1200) -> list:
-    target_words = len(str(seed["target"]).split())
-    labels = (
+def summary_instruction(target_words: int) -> str:
+    """What the prompt asks of a summary (also what a generator that echoes the prompt
+    writes as its "summary": `augment_verify.echoes_instruction` refuses that)."""
+    return (
         f"The summary: one line of at most {max(4, target_words + 4)} words that states the "
         "document's main point (like the sample's summary), with no facts that are not in "
         "the document."
     )
+
+
+def summary_messages(seed: dict[str, Any], max_doc_chars: int = 1200) -> list:
+    target_words = len(str(seed["target"]).split())
+    labels = summary_instruction(target_words)
     mission = (
         "Write one new short document on a different subject in the style of the sample, "
         "and its summary."

@@ -27,6 +27,7 @@ R_SUMMARY_LONG = "summary_not_shorter"
 R_OVERLAP_LOW = "summary_overlap_low"
 R_OVERLAP_HIGH = "summary_overlap_high"
 R_TOO_LONG = "too_long"
+R_SUMMARY_ECHO = "summary_echoes_prompt"
 
 _TOKEN = re.compile(r"\w+(?:[-'.&]\w+)*|[^\w\s]")
 
@@ -109,18 +110,27 @@ def summary_problem(
     min_overlap: float = 0.2,
     max_overlap: float = 0.95,
     max_source_words: int = 600,
+    instruction: str | None = None,
+    max_instruction_overlap: float = 0.6,
 ) -> str:
     """ "" when (source, target) is a usable summary pair, else the reason.
 
     Overlap = ROUGE-1 precision of the summary against the document (the share of the
     summary's words found in the document): below `min_overlap` the summary is not about
     the document, above `max_overlap` with a short document it is a copy of its start.
+    `instruction`: the prompt's words about the summary; a "summary" that is mostly those
+    words (SmolLM2-135M wrote "One line of at most 10 words that states the document's
+    main point ..." as a summary, and it passed the document-overlap check) is refused.
     """
     from rouge_score import rouge_scorer
 
     s_words, t_words = source.split(), target.split()
     if not t_words:
         return R_SUMMARY_EMPTY
+    if instruction:
+        scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=False)
+        if scorer.score(instruction, target)["rouge1"].precision >= max_instruction_overlap:
+            return R_SUMMARY_ECHO
     if len(s_words) > max_source_words:
         return R_TOO_LONG
     if len(t_words) >= len(s_words):

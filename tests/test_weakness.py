@@ -104,6 +104,26 @@ def test_summary_bounds():
     assert summary_problem(doc, "Penguins dance under aurora") == R_OVERLAP_LOW
 
 
+def test_a_summary_echoing_the_prompts_instruction_is_refused():
+    """Seen on BBC headlines with SmolLM2-135M: the instruction written back as the
+    summary passed the document-overlap check (its words "the document", "main" ...)."""
+    from raydistill.pipelines.augment_prompts import summary_instruction
+    from raydistill.pipelines.augment_verify import R_SUMMARY_ECHO
+
+    doc = (
+        "The court said the plan would cut the time trials take , and the document sets out "
+        "the main point of a five-year plan for the justice system in one line ."
+    )
+    echo = (
+        "One line of at most 10 words that states the document's main point (like the "
+        "sample's summary), with no facts that are not in the document."
+    )
+    ask = summary_instruction(6)
+    assert summary_problem(doc, echo) == ""  # the premise: document overlap lets it through
+    assert summary_problem(doc, echo, instruction=ask) == R_SUMMARY_ECHO
+    assert summary_problem(doc, "Court plan cuts trial times", instruction=ask) == ""
+
+
 def test_parse_sample_per_kind():
     assert parse_sample('{"text": "a fine film"}', "classification") == (
         {"text": "a fine film"},
