@@ -19,12 +19,12 @@ test_faults_pool_garbage.py; the seeds and the `FAULT` lines are in pool_fault_s
 from __future__ import annotations
 
 import importlib.util
-import socket
 import threading
 import time
 from collections import Counter
 
 import pytest
+from pool_endpoints import free_port
 from pool_fault_seeds import report as _report
 from pool_fault_seeds import seed_of as _seed_of
 from pool_fault_seeds import seed_rows as _seed_rows
@@ -41,17 +41,6 @@ from raydistill.pipelines.llm_stage import ERROR_KINDS, Sampling
 from raydistill.pipelines.request_cache import RequestCache
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
-
-
-def _free_port(lo: int = 8100, hi: int = 8200) -> int:
-    for port in range(lo, hi):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {lo}-{hi - 1}")
 
 
 def _replica_names(app: str) -> list[str]:
@@ -270,7 +259,7 @@ def serve_port(ray_session):
     from ray import serve
     from ray.serve.context import _get_global_client
 
-    serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
     yield int(_get_global_client().http_config.port)
     serve.shutdown()
 

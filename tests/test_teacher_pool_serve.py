@@ -17,12 +17,11 @@ config is test_teacher_pool_config.py; parsing its answers, test_llm_stage_parsi
 from __future__ import annotations
 
 import importlib.util
-import socket
 import time
 
 import httpx
 import pytest
-from pool_endpoints import USER
+from pool_endpoints import USER, free_port
 from pool_endpoints import dead_endpoint as _dead_endpoint
 
 from raydistill.config import PoolConfig
@@ -30,18 +29,6 @@ from raydistill.pipelines.llm_stage import Sampling, chat_stage, chat_sync
 from raydistill.serving.teacher_pool import Endpoint, make_pool
 
 pytestmark = pytest.mark.timeout(900)
-
-
-def _free_port(lo: int = 8100, hi: int = 8200) -> int:
-    """A free port in 8100-8199 (colleagues' Serve instances use other ports)."""
-    for port in range(lo, hi):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {lo}-{hi - 1}")
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +77,7 @@ def ray_cluster(ray_session):
     from ray import serve
     from ray.serve.context import _get_global_client
 
-    serve.start(http_options={"host": "127.0.0.1", "port": _free_port()})
+    serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
     # If another module left Serve running, its port wins (the pools follow it too).
     yield int(_get_global_client().http_config.port)
     serve.shutdown()
