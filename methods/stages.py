@@ -167,10 +167,15 @@ def teacher_accuracy(rows: list[Row]) -> float:
 
 @dataclass
 class PoolStart:
-    """When the stage's pool started: `seconds` it took, 0.0 if no request needed it."""
+    """When the stage's pool started: `seconds` it took, 0.0 if no request needed it.
+
+    `attempted` is set before the start and `started` after it: a start that failed
+    half-way (replicas up, the app not) still has a pool to shut down.
+    """
 
     seconds: float = 0.0
     started: bool = False
+    attempted: bool = False
 
 
 @contextlib.contextmanager
@@ -189,10 +194,9 @@ def generator(cfg: RunConfig) -> Iterator[tuple[Any, PoolStart]]:
 
     pool = make_pool(cfg.pool, cfg.resolved_cache_dir())
     timing = PoolStart()
-    attempted: list[bool] = []  # a start that failed half-way is shut down too
 
     def start() -> Any:
-        attempted.append(True)
+        timing.attempted = True
         if cfg.pool.backend != "openai":
             import ray.serve  # noqa: F401  (Serve's driver logger exists now, to be quieted)
         quiet_libraries()
@@ -208,7 +212,7 @@ def generator(cfg: RunConfig) -> Iterator[tuple[Any, PoolStart]]:
     try:
         yield LLMClient.for_pool(DeferredEndpoint(start), cfg.pool, cache), timing
     finally:
-        if attempted:
+        if timing.attempted:
             pool.shutdown()
         cache.close()
 

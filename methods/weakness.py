@@ -211,9 +211,9 @@ def signature(cfg: RunConfig, prep: Prepared) -> str:
         # so other students (classification and summary schemas did not change).
         extra["schema"] = "ner-type-enum"
     if prep.spec.kind == "seq2seq":
-        # Summaries that echo the prompt's instruction are refused since: other accepted
-        # samples, so other students.
-        extra["summary_checks"] = "instruction-echo"
+        # Summaries that echo the prompt's instruction are refused since, and overlap is
+        # counted in content words since: other accepted samples, so other students.
+        extra["summary_checks"] = "instruction-echo+content-words"
     return student_signature(cfg, prep.teacher.path if prep.teacher else None, extra)
 
 

@@ -3,8 +3,9 @@
 A generated label is a claim, not a fact. NER: every stated entity must occur in the text
 with a known type; its spans and BIO tags are computed here by token match, so the tags
 the student learns are the text's, not the model's arithmetic. Summarization: a summary
-must be non-empty, shorter than its document, and overlap it within bounds (no overlap =
-not about the document; near-total = a copy). Every kind: a sample that copies its seed
+must be non-empty, shorter than its document, and overlap it within bounds in content
+words (no overlap = not about the document; near-total = a copy; "the" and "of" prove
+nothing). Every kind: a sample that copies its seed
 teaches nothing new. Classification's check is a teacher agreeing with the intended label
 (done in the method with the task's teacher). Each reject is a named reason.
 """
@@ -12,6 +13,7 @@ teaches nothing new. Classification's check is a teacher agreeing with the inten
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 from raydistill.pipelines.bio import spans_to_tags
@@ -28,6 +30,7 @@ R_OVERLAP_LOW = "summary_overlap_low"
 R_OVERLAP_HIGH = "summary_overlap_high"
 R_TOO_LONG = "too_long"
 R_SUMMARY_ECHO = "summary_echoes_prompt"
+R_NO_CONTENT = "summary_no_content_words"
 
 _TOKEN = re.compile(r"\w+(?:[-'.&]\w+)*|[^\w\s]")
 
@@ -39,6 +42,20 @@ def tokenize(text: str) -> list[str]:
 
 def _words(text: str) -> list[str]:
     return [w.lower() for w in re.findall(r"\w+", text)]
+
+
+@lru_cache(maxsize=1)
+def _stop_words() -> frozenset[str]:
+    # scikit-learn's English list (318 words): a list users know, not one invented here.
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(ENGLISH_STOP_WORDS)
+
+
+def content_words(text: str) -> list[str]:
+    """Lower-cased words that are not English stop words (numbers count as content)."""
+    stop = _stop_words()
+    return [w for w in _words(text) if w not in stop]
 
 
 def jaccard(a: str, b: str) -> float:
@@ -115,19 +132,21 @@ def summary_problem(
 ) -> str:
     """ "" when (source, target) is a usable summary pair, else the reason.
 
-    Overlap = ROUGE-1 precision of the summary against the document (the share of the
-    summary's words found in the document): below `min_overlap` the summary is not about
-    the document, above `max_overlap` with a short document it is a copy of its start.
+    Overlap = the share of the summary's content words (stop words left out) found in the
+    document: below `min_overlap` the summary is not about the document, above
+    `max_overlap` with a short document it is a copy of its start. Counted over all
+    words, as ROUGE-1 precision did before, "The of the and a" overlapped any English
+    document fully and passed; a summary with no content word at all is refused.
     `instruction`: the prompt's words about the summary; a "summary" that is mostly those
     words (SmolLM2-135M wrote "One line of at most 10 words that states the document's
     main point ..." as a summary, and it passed the document-overlap check) is refused.
     """
-    from rouge_score import rouge_scorer
-
     s_words, t_words = source.split(), target.split()
     if not t_words:
         return R_SUMMARY_EMPTY
     if instruction:
+        from rouge_score import rouge_scorer
+
         scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=False)
         if scorer.score(instruction, target)["rouge1"].precision >= max_instruction_overlap:
             return R_SUMMARY_ECHO
@@ -135,8 +154,11 @@ def summary_problem(
         return R_TOO_LONG
     if len(t_words) >= len(s_words):
         return R_SUMMARY_LONG
-    scorer = rouge_scorer.RougeScorer(["rouge1"], use_stemmer=False)
-    p = scorer.score(source, target)["rouge1"].precision
+    t_content = content_words(target)
+    if not t_content:
+        return R_NO_CONTENT
+    in_doc = set(content_words(source))
+    p = sum(w in in_doc for w in t_content) / len(t_content)
     if p < min_overlap:
         return R_OVERLAP_LOW
     if p > max_overlap and len(t_words) * 3 >= len(s_words):

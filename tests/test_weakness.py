@@ -104,6 +104,18 @@ def test_summary_bounds():
     assert summary_problem(doc, "Penguins dance under aurora") == R_OVERLAP_LOW
 
 
+def test_summary_overlap_counts_content_words_not_stop_words():
+    """Counted over all words, "The of the and a" overlapped any English document fully."""
+    from raydistill.pipelines.augment_verify import R_NO_CONTENT
+
+    doc = "The city council approved a new budget for schools and roads on Monday night ."
+    assert summary_problem(doc, "The of the and a") == R_NO_CONTENT
+    # 5 of 6 words are in the document, but its only content word is not.
+    assert summary_problem(doc, "The and a of the penguins") == R_OVERLAP_LOW
+    # Unstemmed: "approves" is not "approved", yet 3 of 4 content words are found.
+    assert summary_problem(doc, "Council approves budget for the schools") == ""
+
+
 def test_a_summary_echoing_the_prompts_instruction_is_refused():
     """Seen on BBC headlines with SmolLM2-135M: the instruction written back as the
     summary passed the document-overlap check (its words "the document", "main" ...)."""
