@@ -379,7 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.datasets:
         rep, secs = run_dataset(name, args.ks, args.seeds, args.methods, args.set)
         tables[name], wall[name], commands[name] = rep, round(secs, 1), command
-        plot(name, rep, RESULTS / f"cod_{name}.png")
+        # Another tag's grid (e.g. large k) must not overwrite the committed table's plot.
+        stem = "cod" if args.tag == "cod_table" else args.tag
+        plot(name, rep, RESULTS / f"{stem}_{name}.png")
         (RESULTS / f"{args.tag}.md").write_text(render(tables, commands, wall))
         prev_path.write_text(
             json.dumps(

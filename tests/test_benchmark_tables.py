@@ -1,5 +1,6 @@
 """The CoD table's arithmetic: budget check and rendering from a synthetic report."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -303,3 +304,36 @@ def test_render_reads_reports_that_name_arms():
         r["arm"] = r.pop("method")
     md = render({"sst2": rep}, {"sst2": "c"}, {})
     assert "| 8 | kd+cod | 2 | 0.550 ± 0.000 |" in md and "kd+cod@k=8: -5.0" in md
+
+
+def test_cod_k_curve_merges_the_small_and_large_k_runs(tmp_path):
+    """One row per k from both runs; the later run's k wins; the gains are recomputed."""
+    from benchmarks.cod_k_curve import write
+
+    def saved(cmd, rows):
+        summary = [
+            {"method": m, "k": k, "n_seeds": n, "accuracy": a, "accuracy_std": 0.01}
+            for m, k, n, a in rows
+        ]
+        return {
+            "commands": {"sst2": cmd},
+            "wall_s": {"sst2": 600.0},
+            "tables": {"sst2": {"summary": summary}},
+        }
+
+    small = saved("small", [("kd", 8, 5, 0.50), ("kd+cod", 8, 5, 0.58), ("kd", 128, 5, 0.1)])
+    large = saved("large", [("kd", 128, 3, 0.70), ("kd+cod", 128, 3, 0.705), ("ce", 128, 3, 0.69)])
+    paths = []
+    for name, obj in (("a", small), ("b", large)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(obj))
+    md = write(paths, "sst2", tmp_path)
+    lines = {
+        ln.split(" | ")[0]: ln for ln in md.splitlines() if ln.startswith("| ") and ln[2].isdigit()
+    }
+    assert list(lines) == ["| 8", "| 128"]
+    assert "| 8 | 5 |" in lines["| 8"] and lines["| 8"].endswith("| +8.0 |  |")
+    assert "| 128 | 3 | 0.690 ± 0.010 | 0.700 ± 0.010 |" in lines["| 128"]
+    assert lines["| 128"].endswith("| +0.5 |  |")
+    assert "`small` (10 min)" in md and "`large` (10 min)" in md
+    assert (tmp_path / "cod_k_curve_sst2.png").stat().st_size > 0
