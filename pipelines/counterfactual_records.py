@@ -63,7 +63,9 @@ def normalize_record(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def floats(x: Any) -> list:
-    """Arrow/numpy nested arrays → plain nested lists of float."""
+    """Arrow/numpy nested arrays, or their JSON text → plain nested lists of float."""
+    if isinstance(x, (str, bytes)):
+        x = json.loads(x)
     return np.asarray(x.tolist() if hasattr(x, "tolist") else x, dtype=np.float32).tolist()
 
 

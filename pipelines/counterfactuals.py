@@ -289,8 +289,12 @@ class FlipVerifier:
             out["flipped"].append(res["flipped"])
             out["cf_text"].append(res["text"])
             out["edit_words"].append(res["edit_words"])
-            out["cf_logits"].append(logits[j].tolist() if j is not None else [])
-            out["cf_hidden"].append(hidden[j].tolist() if j is not None else [])
+            # JSON text, not nested lists: a batch where every row flipped would make
+            # numpy stack the lists into a 2-D column, which Ray Data stores as a tensor
+            # and then cannot concatenate with a mixed batch's list column (seen at
+            # 1,228 seeds: "Trying to unify unsupported tensor type: list<item: double>").
+            out["cf_logits"].append(json.dumps(logits[j].tolist() if j is not None else []))
+            out["cf_hidden"].append(json.dumps(hidden[j].tolist() if j is not None else []))
             out["closest"].append(res["closest"])
             out["rejects"].append(json.dumps(rejects[i]))
             out["num_valid"].append(k)
@@ -300,8 +304,17 @@ class FlipVerifier:
         batch = dict(batch)
         batch.pop("candidates", None)
         batch.pop("messages", None)
-        batch.update({k: np.array(v, dtype=object) for k, v in out.items()})
+        batch.update({k: object_column(v) for k, v in out.items()})
         return batch
+
+
+def object_column(values: list[Any]) -> np.ndarray:
+    """A 1-D object array of `values`, whatever they are (`np.array` would stack
+    equal-length lists into a 2-D array: another column type for Ray Data)."""
+    col = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        col[i] = v
+    return col
 
 
 @dataclass

@@ -387,7 +387,7 @@ def test_verifier_rejects_candidates_that_change_the_kept_side(tiny3):
     # The teacher read pairs: logits of the chosen one equal the pair's own logits.
     if out["flipped"][0]:
         want = v.clf.logits([(PREMISE, out["cf_text"][0])])[0]
-        assert np.allclose(out["cf_logits"][0], want, atol=1e-5)
+        assert np.allclose(json.loads(out["cf_logits"][0]), want, atol=1e-5)
 
 
 # ---------------------------------------------------------------- tokenization
