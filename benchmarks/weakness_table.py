@@ -134,6 +134,19 @@ def standalone_pool_rate(batch_size: int = 64) -> tuple[float, str] | None:
     return None
 
 
+def teacher_line(teacher: dict | None) -> str:
+    """The verifier classifier's score as the report has it (the weakness method scores
+    its teacher on dev: the test split is the students' alone)."""
+    if not teacher:
+        return "no teacher classifier"
+    for key in ("test_accuracy", "dev_accuracy"):
+        if teacher.get(key) is not None:
+            return (
+                f"teacher {teacher.get('backbone', '')} {key.replace('_', ' ')} {teacher[key]:.3f}"
+            )
+    return "teacher score not recorded"
+
+
 def render(tables: dict[str, dict], commands: dict[str, str], wall: dict[str, float]) -> str:
     lines = [
         "# Weakness-targeted augmentation: arms × seeds",
@@ -153,7 +166,7 @@ def render(tables: dict[str, dict], commands: dict[str, str], wall: dict[str, fl
             "",
             f"Command: `{commands.get(name, '?')}`; wall time {wall.get(name, '?')} s; "
             f"LLM tokens generated {rep.get('llm_generated_tokens', '?')}; "
-            f"teacher {json.dumps((rep.get('teacher') or {}).get('test_accuracy'))}.",
+            f"{teacher_line(rep.get('teacher'))}.",
             "",
             "| arm | " + " | ".join(f"seed {x}" for x in seeds) + " | mean | sd | vs few-shot |",
             "|---|" + "---|" * (len(seeds) + 3),
@@ -219,7 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     add_seed_and_override_args(p, "the recipes run one, to stay a short demo")
     p.add_argument("--run-command", default=None, help="the command that made a --from-run run")
     p.add_argument("--tag", default="weakness_table")
+    p.add_argument("--render-only", action="store_true", help="rewrite the Markdown from the JSON")
     args = p.parse_args(argv)
+    if args.render_only:
+        saved = json.loads((RESULTS / f"{args.tag}.json").read_text())
+        (RESULTS / f"{args.tag}.md").write_text(
+            render(saved["tables"], saved["commands"], saved["wall_s"])
+        )
+        return 0
     command = "python -m benchmarks.weakness_table " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )

@@ -210,6 +210,10 @@ def test_weakness_targets_are_computed_per_seed_and_can_be_missed():
     assert "| fewshot | 50.0 | 60.0 | 55.0 |" in md
     assert "| loop / human labels at equal size | 0.92 | ≥ 0.90 | met |" not in md
     assert "**missed**" in md and "label_disagrees 2, unparsable 2" in md
+    assert "no teacher classifier" in md  # the hand-made report has none
+    rep = dict(_weakness_report(), teacher={"backbone": "minilm", "dev_accuracy": 0.8633})
+    md = render({"sst2": rep}, {"sst2": "cmd"}, {"sst2": 12.0})
+    assert "teacher minilm dev accuracy 0.863." in md
     ner = targets(_weakness_report("token_classification"))
     assert [x["target"] for x in ner] == ["loop − few-shot (entity-F1 points)"]
     # The pool's rate while generating, against the committed standalone figure.
