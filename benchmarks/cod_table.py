@@ -172,7 +172,9 @@ def budget_check(rep: dict) -> list[str]:
     ]
 
 
-def render(tables: dict, commands: dict[str, str], wall: dict[str, float]) -> str:
+def render(
+    tables: dict, commands: dict[str, str], wall: dict[str, float], plot_stem: str = "cod"
+) -> str:
     lines = [
         "# CoD table (raydistill)",
         "",
@@ -229,7 +231,7 @@ def render(tables: dict, commands: dict[str, str], wall: dict[str, float]) -> st
                 + ", ".join(f"{arm_of(g)}@k={g['k']}: {100 * g['gain']:+.1f}" for g in gains),
             ]
         lines += budget_check(rep)
-        lines += ["", f"![{name}](cod_{name}.png)", ""]
+        lines += ["", f"![{name}]({plot_stem}_{name}.png)", ""]
     lines += quality_table(tables)
     notes = RESULTS / "cod_table_notes.md"
     if notes.exists():
@@ -339,6 +341,11 @@ def plot(name: str, rep: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_stem(tag: str) -> str:
+    """Another tag's grid (e.g. large k) must not overwrite the committed table's plots."""
+    return "cod" if tag == "cod_table" else tag
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
@@ -366,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render_only:
         saved = json.loads((RESULTS / f"{args.tag}.json").read_text())
         (RESULTS / f"{args.tag}.md").write_text(
-            render(saved["tables"], saved["commands"], saved["wall_s"])
+            render(saved["tables"], saved["commands"], saved["wall_s"], plot_stem(args.tag))
         )
         return 0
     # Data sets run in separate invocations (each its own grid) land in one table: the
@@ -379,10 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.datasets:
         rep, secs = run_dataset(name, args.ks, args.seeds, args.methods, args.set)
         tables[name], wall[name], commands[name] = rep, round(secs, 1), command
-        # Another tag's grid (e.g. large k) must not overwrite the committed table's plot.
-        stem = "cod" if args.tag == "cod_table" else args.tag
-        plot(name, rep, RESULTS / f"{stem}_{name}.png")
-        (RESULTS / f"{args.tag}.md").write_text(render(tables, commands, wall))
+        plot(name, rep, RESULTS / f"{plot_stem(args.tag)}_{name}.png")
+        (RESULTS / f"{args.tag}.md").write_text(render(tables, commands, wall, plot_stem(args.tag)))
         prev_path.write_text(
             json.dumps(
                 {
