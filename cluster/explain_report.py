@@ -214,14 +214,24 @@ def render_md(report: dict[str, Any]) -> str:
             str(judge.get("prompt", "")),
             "```",
             "",
-            "| group | items | samples | parsed | failures | agreement exact | within ±1 |",
-            "|---|---|---|---|---|---|---|",
+            "Most common score: the score the judge gave most often and its share of all "
+            "parsed scores; near 100% means the judge gives one score to everything, and "
+            "its agreement then says nothing.",
+            "",
+            "| group | items | samples | parsed | failures | agreement exact | within ±1 "
+            "| most common score |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, g in sorted(judge.get("groups", {}).items()):
+            modal = (
+                f"{g['modal_score']} ({_f(g['modal_share'], 100)}%)"
+                if g.get("modal_score") is not None
+                else "–"
+            )
             lines.append(
                 f"| {name} | {g['items']} | {g['samples']} | {g['parsed']} | "
                 f"{g['failures'] or 'none'} | {_f(g['agreement_exact'], 100)}% | "
-                f"{_f(g['agreement_within_1'], 100)}% ({g['agreement_pairs']} pairs) |"
+                f"{_f(g['agreement_within_1'], 100)}% ({g['agreement_pairs']} pairs) | {modal} |"
             )
         lines.append(f"\nKept generations not judged: {judge.get('students_not_judged')}.")
     item = (judge or {}).get("item_means") or {}

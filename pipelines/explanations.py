@@ -21,7 +21,11 @@ from typing import Any
 
 from raydistill.pipelines.llm_output import clean_text, parse_json_object
 
-PROMPT_VERSION = "explain-v1"
+# v2: the critique and judge prompts name their JSON keys without example values. v1
+# showed `{"flaw": true, "critique": "..."}` and a judge example of all 3s, and
+# SmolLM2-135M copied them: 128 of 128 critiques said flaw with "..." or the prompt's own
+# words, and the judge gave 3 to nearly everything.
+PROMPT_VERSION = "explain-v2"
 SYSTEM = (
     "You are a careful teacher. You explain answers to commonsense questions in one or two "
     "short sentences that say why the answer is right and the other choices are not."
@@ -47,6 +51,7 @@ JUDGE_SCHEMA = {
 # Reject reasons.
 R_EMPTY = "empty"
 R_NO_VERDICT = "no_verdict"
+R_UNNAMED_FLAW = "unnamed_flaw"
 R_TOO_LONG = "too_long"
 R_MISSING_DIM = "missing_dimension"
 R_OUT_OF_RANGE = "out_of_range"
@@ -77,8 +82,9 @@ def critique_messages(q: str, choices: list[str], answer: str, e: str) -> list[d
             "role": "user",
             "content": (
                 "Critique this explanation. Does it have a flaw: wrong, vague, not saying why "
-                "the other choices are worse, or too long? Answer with JSON: "
-                '{"flaw": true or false, "critique": "..."}'
+                "the other choices are worse, or too long? Answer with a JSON object with "
+                'two keys: "flaw" (true if it has such a flaw, false if not) and "critique" '
+                "(the flaw in your own words, in one sentence; empty if there is none)."
             ),
         },
     ]
@@ -108,7 +114,7 @@ def judge_messages(q: str, choices: list[str], answer: str, e: str) -> list[dict
             "content": (
                 f"{_question_block(q, choices, answer)}\nExplanation: {e}\n\nRate the "
                 f"explanation from 1 (worst) to 5 (best) on each of: {dims}. Answer with "
-                "JSON only, e.g. " + "{" + ", ".join(f'"{d}": 3' for d in DIMENSIONS) + "}"
+                "a JSON object only, with those five keys and your integer score for each."
             ),
         },
     ]
@@ -138,6 +144,7 @@ _NO_FLAW = re.compile(
 _FLAW = re.compile(
     r"\b(?:flaw|vague|wrong|incorrect|unclear|missing|does not|doesn't|fails)\b", re.I
 )
+_WORD = re.compile(r"[^\W\d_]{2}")  # two letters in a row: the critique says something
 
 
 def parse_critique(raw: str | None) -> tuple[dict[str, Any] | None, str]:
@@ -145,17 +152,19 @@ def parse_critique(raw: str | None) -> tuple[dict[str, Any] | None, str]:
 
     JSON first; prose is read by its words ("no flaws", "is correct" → no flaw; "vague",
     "missing", "does not" → flaw). A critique that says neither is `no_verdict`: revising on
-    a guess would change explanations for no reason.
+    a guess would change explanations for no reason. A JSON flaw whose critique names
+    nothing ("...", empty) is `unnamed_flaw`, for the same reason.
     """
     obj, _ = parse_json_object(raw)
-    if obj is not None and isinstance(obj.get("flaw"), bool):
-        crit = obj.get("critique")
-        return {"flaw": obj["flaw"], "critique": crit if isinstance(crit, str) else ""}, ""
-    if obj is not None and isinstance(obj.get("flaw"), str):
-        v = obj["flaw"].strip().lower()
-        if v in ("true", "yes", "false", "no"):
-            crit = obj.get("critique") if isinstance(obj.get("critique"), str) else ""
-            return {"flaw": v in ("true", "yes"), "critique": crit}, ""
+    flaw = obj.get("flaw") if obj is not None else None
+    if isinstance(flaw, str) and flaw.strip().lower() in ("true", "yes", "false", "no"):
+        flaw = flaw.strip().lower() in ("true", "yes")
+    if isinstance(flaw, bool):
+        crit = obj.get("critique") if isinstance(obj.get("critique"), str) else ""
+        if flaw and not _WORD.search(crit):
+            # "flaw: true" with "..." or nothing: a revision would have nothing to fix.
+            return None, R_UNNAMED_FLAW
+        return {"flaw": flaw, "critique": crit}, ""
     text, why = clean_text(raw)
     if not text:
         return None, why or R_EMPTY
@@ -273,7 +282,10 @@ def item_means(judged: dict[str, Any]) -> dict[str, float] | None:
 def judge_summary(judged: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per group: items, samples, parsed samples, parse rate, failures by reason, the
     mean per dimension over parsed samples, and agreement between each item's first two
-    samples where both parsed (share of dimension scores equal, and within ±1)."""
+    samples where both parsed (share of dimension scores equal, and within ±1), and the
+    most common score with its share of all parsed scores: a judge that gives every
+    explanation the same score agrees with itself perfectly and measures nothing, which
+    agreement alone cannot show."""
     by: dict[str, list[dict[str, Any]]] = {}
     for j in judged:
         by.setdefault(j["group"], []).append(j)
@@ -292,6 +304,8 @@ def judge_summary(judged: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             if len(j["scores"]) >= 2 and j["scores"][0] is not None and j["scores"][1] is not None
         ]
         cells = [(a[d], b[d]) for a, b in pairs for d in DIMENSIONS]
+        values = [s[d] for s in parsed for d in DIMENSIONS]
+        mode = max(sorted(set(values)), key=values.count) if values else None
         out[group] = {
             "items": len(js),
             "samples": n_samples,
@@ -308,6 +322,8 @@ def judge_summary(judged: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "agreement_within_1": round(sum(abs(a - b) <= 1 for a, b in cells) / len(cells), 4)
             if cells
             else None,
+            "modal_score": mode,
+            "modal_share": round(values.count(mode) / len(values), 4) if values else None,
         }
     return out
 

@@ -190,6 +190,9 @@ def test_judge_counts_every_failure_and_measures_agreement():
     assert a["means"]["contrastiveness"] == pytest.approx((3 + 1 + 3) / 3, abs=1e-3)
     assert b["parsed"] == 1 and b["means"]["satisfaction"] == 1.0
     assert b["agreement_pairs"] == 0 and b["agreement_exact"] is None
+    # The most common score and its share of parsed scores: 12 of a's 15 are 3.
+    assert (a["modal_score"], a["modal_share"]) == (3, 0.8)
+    assert (b["modal_score"], b["modal_share"]) == (3, 0.8)
 
 
 def test_judge_paired_compares_only_questions_both_have():

@@ -1,5 +1,7 @@
 """The explanation chain's prompts and parsers (pipelines/explanations.py)."""
 
+import re
+
 import pytest
 
 from raydistill.pipelines.explanations import (
@@ -8,6 +10,7 @@ from raydistill.pipelines.explanations import (
     R_NO_VERDICT,
     R_OUT_OF_RANGE,
     R_TOO_LONG,
+    R_UNNAMED_FLAW,
     accept_revision,
     critique_messages,
     explain_messages,
@@ -50,6 +53,30 @@ def test_chain_shares_its_prompt_prefix():
 def test_critique_verdicts(raw, flaw):
     got, why = parse_critique(raw)
     assert why == "" and got["flaw"] is flaw
+
+
+def test_prompts_show_no_answer_to_copy():
+    """v1's critique prompt showed `{"flaw": true, "critique": "..."}` and its judge an
+    all-3 example; SmolLM2-135M copied both (128 of 128 flaws, 3 nearly everywhere)."""
+    crit = critique_messages(Q, CH, A, "Plates go in cupboards.")[-1]["content"]
+    judge = judge_messages(Q, CH, A, "Plates go in cupboards.")[1]["content"]
+    assert '"flaw"' in crit and '"critique"' in crit and "..." not in crit
+    assert not re.search(r'"flaw"\s*:', crit)  # keys named, never given a value
+    assert not re.search(r'"\w+"\s*:\s*\d', judge)
+    assert re.findall(r"\d", judge) == ["1", "5"]  # only the scale's ends
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"flaw": true, "critique": "..."}',
+        '{"flaw": true, "critique": ""}',
+        '{"flaw": "yes", "critique": " ... "}',
+        '{"flaw": true}',
+    ],
+)
+def test_a_flaw_that_names_nothing_is_not_revised(raw):
+    assert parse_critique(raw) == (None, R_UNNAMED_FLAW)
 
 
 def test_critique_without_verdict_is_counted():

@@ -116,7 +116,7 @@ class CausalLMKind(GenerativeKind):
         v = float(ce.detach())
         return ce, {"ce": v, "loss": v}
 
-    def generate(self, model, tokenizer, prompts: list[str]) -> list[str]:
+    def generate(self, model, tokenizer, prompts: list[str], stop: str | None = None) -> list[str]:
         dev = next(model.parameters()).device
         eos, pad = self._eos(tokenizer), int(tokenizer.pad_token_id)
         ids = [self._prompt_ids(tokenizer, p) for p in prompts]
@@ -130,6 +130,7 @@ class CausalLMKind(GenerativeKind):
                 max_new_tokens=self.settings.max_new_tokens,
                 do_sample=False,
                 num_beams=1,
+                **({"stop_strings": [stop], "tokenizer": tokenizer} if stop else {}),
                 pad_token_id=pad,
                 eos_token_id=eos,
             )

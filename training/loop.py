@@ -531,15 +531,11 @@ def _run_kind_job(
         _progress(job.name, rank, step, total_steps, last_parts["loss"], t0, on_step)
         if step % eval_steps == 0 or step == total_steps:
             live = evaluated.refresh()
-            m = kind.metrics(
-                predict_sharded(kind, live, tokenizer, dev_rows, rank, world), dev_rows
-            )
-            history.append(
-                {"step": step, "dev_accuracy": m["score"], "dev_score": m["score"], **last_parts}
-            )
-            if m["score"] > best[0]:
+            score = kind.dev_score(live, tokenizer, dev_rows, rank, world)
+            history.append({"step": step, "dev_accuracy": score, "dev_score": score, **last_parts})
+            if score > best[0]:
                 sd = {k: v.detach().cpu().clone() for k, v in live.state_dict().items()}
-                best = (m["score"], step, sd)
+                best = (score, step, sd)
         if ckpts.due(step):
             live = evaluated.refresh()
             ckpts.save(step, live, best[2], _loop_state(step, best, history, step_s, t0), rng, perm)

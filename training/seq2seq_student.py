@@ -65,7 +65,7 @@ class Seq2SeqKind(GenerativeKind):
         v = float(out.loss.detach())
         return out.loss, {"ce": v, "loss": v}
 
-    def generate(self, model, tokenizer, prompts: list[str]) -> list[str]:
+    def generate(self, model, tokenizer, prompts: list[str], stop: str | None = None) -> list[str]:
         dev = next(model.parameters()).device
         out = [""] * len(prompts)
         for idx in length_sorted_batches([len(p) for p in prompts], self.gen_batch):
@@ -82,6 +82,7 @@ class Seq2SeqKind(GenerativeKind):
                 max_new_tokens=self.settings.max_new_tokens,
                 do_sample=False,
                 num_beams=1,
+                **({"stop_strings": [stop], "tokenizer": tokenizer} if stop else {}),
             )
             for i, text in zip(
                 idx, tokenizer.batch_decode(gen, skip_special_tokens=True), strict=True

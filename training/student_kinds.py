@@ -9,7 +9,8 @@ every other kind to one generic path that only talks to a `StudentKind`:
     data = kind.encode(tok, rows, max_length)     # tensors, one row per example
     loss, parts = kind.loss(model_or_engine, kind.batch(data, idx))
     preds = kind.predict(model, tok, rows)        # tags per word, or generated text
-    m = kind.metrics(preds, rows)                 # includes the dev-selection "score"
+    m = kind.metrics(preds, rows)                 # test metrics, incl. "score"
+    score = kind.dev_score(model, tok, dev_rows)  # dev selection: "score", maybe cheaper
     kind.save(model, out_dir, tok)                # plain HF folder + raydistill_student.json
 
 A saved folder says what it is in `raydistill_student.json` (`KindSettings`), so
@@ -293,6 +294,17 @@ class StudentKind:
         """Per-row score in [0, 1] (what the weakness method's error values are made of)."""
         raise NotImplementedError
 
+    def dev_score(self, model, tokenizer, rows: list[dict], rank: int = 0, world: int = 1) -> float:
+        """The score dev selection reads ("score" of `metrics`), on sharded predictions.
+
+        A kind may predict less here than at test when selection does not need it: an
+        explaining mcqa student is selected on its answers, so writing explanations at
+        every dev evaluation would only cost generation time.
+        """
+        return float(
+            self.metrics(predict_sharded(self, model, tokenizer, rows, rank, world), rows)["score"]
+        )
+
     # -- the folder serving loads
     def save(self, model, out_dir: str | Path, tokenizer) -> None:
         out = Path(out_dir)
@@ -327,13 +339,16 @@ def kind_param_groups(model, lr: float, head_lr: float | None) -> list[dict]:
     return [g for g in ({"params": body, "lr": lr}, {"params": head, "lr": head_lr}) if g["params"]]
 
 
-def predict_sharded(kind: StudentKind, model, tokenizer, rows: list[dict], rank: int, world: int):
+def predict_sharded(
+    kind: StudentKind, model, tokenizer, rows: list[dict], rank: int, world: int, **kwargs
+):
     """Every rank predicts rows[rank::world]; all ranks get all predictions in row order.
 
     No collective runs inside `predict`, so shards may differ in size and generation may
     stop at different steps on different ranks (the model must be unpartitioned).
+    `kwargs` go to `kind.predict`.
     """
-    mine = kind.predict(model, tokenizer, rows[rank::world]) if rows[rank::world] else []
+    mine = kind.predict(model, tokenizer, rows[rank::world], **kwargs) if rows[rank::world] else []
     if world == 1:
         return mine
     import torch.distributed as dist
@@ -411,20 +426,32 @@ class GenerativeKind(StudentKind):
     def count_examples(self, rows: list[dict]) -> int:
         return len(self.pairs(rows))
 
-    def generate(self, model, tokenizer, prompts: list[str]) -> list[str]:
+    def generate(self, model, tokenizer, prompts: list[str], stop: str | None = None) -> list[str]:
+        """Greedy continuations of `prompts`; with `stop`, a row may end once its text
+        ends with `stop` (greedy decoding: the text before it is what a full run writes)."""
         raise NotImplementedError
 
-    def predict(self, model, tokenizer, rows: list[dict]) -> list[str]:
-        """Generated text per row ("<answer> because <explanation>" for multitask mcqa)."""
+    def predict(self, model, tokenizer, rows: list[dict], answers_only: bool = False) -> list[str]:
+        """Generated text per row ("<answer> because <explanation>" for multitask mcqa).
+
+        `answers_only` (mcqa): generate what the answer needs and no explanation: the
+        multitask "explain:" task is skipped, and an "explain"-mode student stops at its
+        "because" (greedy: the answer part is unchanged).
+        """
         import torch
 
+        mcqa = self.settings.task_kind == "mcqa"
+        tasks = ["predict"] if answers_only and mcqa else self._tasks()
+        stop = task_metrics.BECAUSE.rstrip() if answers_only and mcqa else None
+        if self.settings.mode != "explain":
+            stop = None
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
                 outs = [
-                    self.generate(model, tokenizer, [self.prompt(r, t) for r in rows])
-                    for t in self._tasks()
+                    self.generate(model, tokenizer, [self.prompt(r, t) for r in rows], stop)
+                    for t in tasks
                 ]
         finally:
             if was_training:
@@ -432,6 +459,12 @@ class GenerativeKind(StudentKind):
         if len(outs) == 1:
             return outs[0]
         return [a + task_metrics.BECAUSE + e if e else a for a, e in zip(*outs, strict=True)]
+
+    def dev_score(self, model, tokenizer, rows: list[dict], rank: int = 0, world: int = 1) -> float:
+        if self.settings.task_kind != "mcqa":
+            return super().dev_score(model, tokenizer, rows, rank, world)
+        preds = predict_sharded(self, model, tokenizer, rows, rank, world, answers_only=True)
+        return float(task_metrics.mcqa_scores(preds, rows, explanations=False)["answer_accuracy"])
 
     def metrics(self, preds: list[str], rows: list[dict]) -> dict[str, Any]:
         if self.settings.task_kind == "seq2seq":
