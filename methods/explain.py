@@ -237,7 +237,13 @@ def generate_chain(
         rec = chain[r["id"]]
         e = rec["original"]
         rec["revised"] = e
-        rec["revision"] = "not_needed" if r not in flawed else ""
+        # Why not revised: no flaw found, no usable verdict (counted), nothing to critique.
+        if r in flawed:
+            rec["revision"] = ""
+        elif not e:
+            rec["revision"] = "no_explanation"
+        else:
+            rec["revision"] = "not_needed" if rec.get("critique") else "no_verdict"
         if r in flawed:
             new, why = parse_explanation(rev_raw.get(r["id"]), m.max_explanation_words * 2)
             kept, why2 = accept_revision(e, new, m.max_revision_ratio)

@@ -68,15 +68,17 @@ def _chain_answers(payload):
             second = "Quite good overall."
         return 200, completion([json.dumps(first), second][: payload.get("n", 1)])
     if msg.startswith("Critique this"):
-        flaw = sum(map(ord, json.dumps(payload))) % 2 == 0  # some flawed, some not
-        return 200, completion([json.dumps({"flaw": flaw, "critique": "Say why not the others."})])
+        # Some flawed, some not, and some "flawed" with nothing named (not revised).
+        verdict = sum(map(ord, json.dumps(payload))) % 3
+        crit = {"flaw": verdict != 1, "critique": "..." if verdict == 2 else "Say why not."}
+        return 200, completion([json.dumps(crit)])
     if msg.startswith("Rewrite"):
         return 200, completion(["It is the usual place, unlike the others."])
     return 200, completion(["It is the usual place for that."])
 
 
-# The method's smoke run (~3-4 min on 2 cores): in `make test-slow`, which CI runs.
-@pytest.mark.slow
+# The method's smoke run, `recipes/smoke-explain.yaml` (53 s on 2 cores, Ray start
+# included): in the default suite, as the acceptance asks.
 @pytest.mark.ray
 def test_explain_end_to_end_and_resume(ray_session, data_dir, tmp_path):
     from scripted_llm import ScriptedLLM
@@ -99,8 +101,10 @@ def test_explain_end_to_end_and_resume(ray_session, data_dir, tmp_path):
         report = run(cfg)
         sent = llm.count
         c = report["chain"]
-        assert c["questions"] == 16 and c["explained"] == 16 and c["critiqued"] == 16
-        assert 0 < c["flawed"] < 16 and c["revised"] == c["flawed"]
+        unnamed = c["rejects"].get("critique:unnamed_flaw", 0)
+        assert c["questions"] == 16 and c["explained"] == 16 and unnamed > 0
+        assert c["critiqued"] == 16 - unnamed
+        assert 0 < c["flawed"] < c["critiqued"] and c["revised"] == c["flawed"]
         assert c["length_ratio_revised"] is not None and c["length_ratio_revised"] <= 1.5
         arms = {r["arm"] for r in report["results"]}
         assert arms == set(cfg.experiment.arms)
@@ -123,6 +127,8 @@ def test_explain_end_to_end_and_resume(ray_session, data_dir, tmp_path):
         assert j["original_vs_revised"]["n"] >= 0
         assert report["examples"]["multitask:human"][0]["explanation"] is not None
         out = tmp_path / "out"
+        recs = [json.loads(x) for x in (out / "explanations.jsonl").read_text().splitlines()]
+        assert sum(r["revision"] == "no_verdict" for r in recs) == unnamed
         assert (out / "explain.png").exists() and "## The judge" in (out / "report.md").read_text()
         assert "explanations" not in report["results"][0]
         ckpt = json.loads((tmp_path / "out" / "results.jsonl").read_text().splitlines()[0])
