@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.table_args import add_seed_and_override_args, seeds_override
+from raydistill.cluster.explain_report import modal_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -195,16 +196,10 @@ def render(report: dict[str, Any], command: str, wall_s: Any, load: Any) -> str:
         ]
         for name, g in sorted((judge.get("groups") or {}).items()):
             means = g.get("means") or {}
-            # Judges of results from before the share was recorded show "–".
-            modal = (
-                f"{g['modal_score']} ({_cell(g.get('modal_share'))}%)"
-                if g.get("modal_score") is not None
-                else "–"
-            )
             lines.append(
                 f"| {name} | {g['items']} | {_cell(g.get('parse_rate'))}% | "
                 f"{_cell(g.get('agreement_exact'))}% / {_cell(g.get('agreement_within_1'))}% | "
-                f"{modal} | " + " | ".join(_cell(means.get(d), 1, 2) for d in dims) + " |"
+                f"{modal_cell(g)} | " + " | ".join(_cell(means.get(d), 1, 2) for d in dims) + " |"
             )
     lines += ["", "| target | value | goal | | note |", "|---|---|---|---|---|"]
     for t in targets(report):

@@ -78,6 +78,13 @@ def _f(x: Any, scale: float = 1.0, digits: int = 1) -> str:
     return f"{scale * float(x):.{digits}f}"
 
 
+def modal_cell(group: dict[str, Any]) -> str:
+    """A judge group's most common score and its share, "–" for results without it."""
+    if group.get("modal_score") is None:
+        return "–"
+    return f"{group['modal_score']} ({_f(group.get('modal_share'), 100)}%)"
+
+
 def _judge_cells(means: dict[str, float] | None) -> list[str]:
     return [_f((means or {}).get(d), digits=2) for d in DIMENSIONS]
 
@@ -223,11 +230,7 @@ def render_md(report: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|---|",
         ]
         for name, g in sorted(judge.get("groups", {}).items()):
-            modal = (
-                f"{g['modal_score']} ({_f(g['modal_share'], 100)}%)"
-                if g.get("modal_score") is not None
-                else "–"
-            )
+            modal = modal_cell(g)
             lines.append(
                 f"| {name} | {g['items']} | {g['samples']} | {g['parsed']} | "
                 f"{g['failures'] or 'none'} | {_f(g['agreement_exact'], 100)}% | "

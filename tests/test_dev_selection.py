@@ -72,24 +72,14 @@ def test_multitask_dev_skips_the_explain_task_and_scores_the_same(tiny):
     assert len(spy.calls) == 1
 
 
-def _overfit(path, kind, tok, target: str, steps: int = 120):
-    """A tiny LM that answers every prompt with `target` (greedy), trained in seconds."""
+def _overfit(path, kind, tok, steps: int = 120):
+    """A tiny LM that answers every prompt with "library because libraries lend books"
+    (greedy): the explain-mode target of ROWS with the answer set to "library"."""
     from transformers import AutoModelForCausalLM
-
-    from raydistill.training.causal_student import left_pad
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    rows = [dict(r, explanation="") for r in ROWS]
-    # every row's target replaced by the same "<answer> because <why>" text
-    seqs = []
-    for prompt, _ in kind.pairs(rows):
-        p = kind._prompt_ids(tok, prompt)
-        t = tok(" " + target, add_special_tokens=False)["input_ids"] + [kind._eos(tok)]
-        seqs.append((p, t))
-    ids, mask = left_pad([p + t for p, t in seqs], int(tok.pad_token_id))
-    labels, _ = left_pad([[-100] * len(p) + t for p, t in seqs], -100)
-    data = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    data = kind.encode(tok, [dict(r, answer=1) for r in ROWS], 64)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(steps):
@@ -105,7 +95,7 @@ def test_explain_mode_dev_stops_at_because_with_the_same_answer(tiny):
     kind = _kind("explain")
     tok = kind.tokenizer(path)
     target = "library because libraries lend books"
-    model = _overfit(path, kind, tok, target)
+    model = _overfit(path, kind, tok)
     full = kind.predict(model, tok, ROWS)
     if full != [target] * len(ROWS):
         pytest.fail(f"the tiny model did not learn its one answer: {full}")

@@ -440,11 +440,9 @@ class GenerativeKind(StudentKind):
         """
         import torch
 
-        mcqa = self.settings.task_kind == "mcqa"
-        tasks = ["predict"] if answers_only and mcqa else self._tasks()
-        stop = task_metrics.BECAUSE.rstrip() if answers_only and mcqa else None
-        if self.settings.mode != "explain":
-            stop = None
+        short = answers_only and self.settings.task_kind == "mcqa"
+        tasks = ["predict"] if short else self._tasks()
+        stop = task_metrics.BECAUSE.rstrip() if short and self.settings.mode == "explain" else None
         was_training = model.training
         model.eval()
         try:
