@@ -58,6 +58,16 @@ DATASETS = {
     # below the original's are dropped (and their seeds retried). Compared with `sst2`,
     # this is what preferring fluent edits does to flip rate and to the CoD gain.
     "sst2-fluent": (["method.counterfactuals.min_fluency_delta=-0.5"], "sst2"),
+    # Generator scale: Gemma-3-270M (a base model, asked through the transcript chat
+    # template, registry.TRANSCRIPT_TEMPLATE) writes the swaps instead of SmolLM2-135M;
+    # the same teacher and students. Its edits are scored by SmolLM2, never by itself.
+    "sst2-gemma": (
+        [
+            "pool.model=gemma3-270m",
+            "method.counterfactuals.fluency_model=smollm2-135m-instruct",
+        ],
+        "sst2",
+    ),
     "imdb-llm": (
         [
             "data.task=imdb",
@@ -241,10 +251,13 @@ def render(
 
 
 def _fluency_cells(f: dict | None) -> str:
-    """Mean Δ log-prob/token, share of edits with an OOV word, n: or dashes."""
+    """Mean Δ log-prob/token, share of edits with an OOV word, n, the scoring LM: or dashes."""
     if not f:
-        return "– | – | –"
-    return f"{f['mean_delta']:+.3f} | {100 * f['share_with_oov']:.0f}% | {f['n']}"
+        return "– | – | – | –"
+    return (
+        f"{f['mean_delta']:+.3f} | {100 * f['share_with_oov']:.0f}% | {f['n']} | "
+        f"{f.get('model') or '?'}"
+    )
 
 
 def quality_table(tables: dict) -> list[str]:
@@ -262,11 +275,14 @@ def quality_table(tables: dict) -> list[str]:
         "counterfactual's label (the edit is kept either way: the human label is ground truth). "
         "Fluency under a separate LM (`method.counterfactuals.fluency_model`): Δ is the mean "
         "log-probability per token of the edit minus the original's (0: as fluent as the "
-        "original), OOV the share of edits inserting a word that is not one vocabulary token.",
+        "original), OOV the share of edits inserting a word that is not one vocabulary token. "
+        "The scoring LM is never the generator (a model finds its own text fluent), so a "
+        "generator-scale row may be scored by another LM: compare Δ only between rows with "
+        "the same scorer.",
         "",
         "| data set | source | seeds | flip rate | mean edit words | no valid counterfactual | "
-        "rejected candidates | fluency Δ lp/token | edits with OOV words | scored |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "rejected candidates | fluency Δ lp/token | edits with OOV words | scored | scored by |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, rep in tables.items():
         c = rep.get("counterfactuals", {})
@@ -289,19 +305,6 @@ def quality_table(tables: dict) -> list[str]:
                 f"| {name} | human:cad, same seeds (reference) | {c['fluency_human']['n']} | – | "
                 f"– | – | – | {_fluency_cells(c['fluency_human'])} |"
             )
-    models = sorted(
-        {
-            str(f.get("model"))
-            for rep in tables.values()
-            for f in (
-                (rep.get("counterfactuals") or {}).get("fluency"),
-                (rep.get("counterfactuals") or {}).get("fluency_human"),
-            )
-            if f
-        }
-    )
-    if models:
-        lines += ["", f"Fluency LM: {', '.join(models)}."]
     return lines
 
 

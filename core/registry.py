@@ -100,9 +100,43 @@ def cache_root() -> Path:
     return Path(os.environ.get("RAYDISTILL_CACHE", "~/.cache/raydistill")).expanduser()
 
 
+# A base model (no chat template in its GGUF) cannot be asked anything through a chat
+# endpoint: vLLM and transformers refuse to guess a template. This one renders the
+# messages as a plain few-shot transcript — the system text, then each user turn followed
+# by the assistant's reply on the same line — so a base model continues it the way it was
+# trained to continue text. Replies are read up to the first line break (the parsers take
+# the first line), since a base model goes on writing the next turn. It starts with the
+# BOS token, as chat templates do: servers tokenize a rendered chat without adding one,
+# and Gemma without its BOS writes noise.
+TRANSCRIPT_TEMPLATE = (
+    "{{- bos_token or '' -}}"
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'system' -%}{{- m['content'] + '\\n\\n' -}}"
+    "{%- elif m['role'] == 'user' -%}{{- m['content'] -}}"
+    "{%- else -%}{{- ' ' + m['content'] + '\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+
+def _ensure_chat_template(dest: Path) -> None:
+    """Give a materialized folder whose tokenizer has no chat template the transcript one
+    (`chat_template.jinja`, which transformers and vLLM read next to the tokenizer).
+    Folders materialized before this existed get it on their next resolve."""
+    if (dest / "chat_template.jinja").exists():
+        return
+    cfg = dest / "tokenizer_config.json"
+    if cfg.exists() and json.loads(cfg.read_text()).get("chat_template"):
+        return
+    tmp = dest / "chat_template.jinja.tmp"
+    tmp.write_text(TRANSCRIPT_TEMPLATE)
+    tmp.rename(dest / "chat_template.jinja")
+
+
 def _materialize_gguf(folder: Path, gguf_file: str, dest: Path) -> Path:
     """GGUF → plain HF folder (bf16 safetensors + tokenizer), written once, atomically."""
     if (dest / "config.json").exists():
+        _ensure_chat_template(dest)
         return dest
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -126,6 +160,7 @@ def _materialize_gguf(folder: Path, gguf_file: str, dest: Path) -> Path:
     tok.save_pretrained(tmp)
     # Keep the chat template next to the tokenizer (vLLM's chat endpoint needs it).
     (tmp / "raydistill.json").write_text(json.dumps({"source": str(folder / gguf_file)}))
+    _ensure_chat_template(tmp)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
     return dest

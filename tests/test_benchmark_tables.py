@@ -49,8 +49,8 @@ def test_render_names_each_data_sets_command_and_the_ceiling():
 def test_quality_table_puts_fluency_per_generator_beside_the_human_reference():
     from benchmarks.cod_table import quality_table
 
-    def fl(delta, oov, n, **kw):
-        return {"mean_delta": delta, "share_with_oov": oov, "n": n, "model": "gemma3-270m", **kw}
+    def fl(delta, oov, n, model="gemma3-270m", **kw):
+        return {"mean_delta": delta, "share_with_oov": oov, "n": n, "model": model, **kw}
 
     llm = _report()
     llm["counterfactuals"] |= {"flip_rate": 0.5, "mean_edit_words": 1.4}
@@ -58,6 +58,9 @@ def test_quality_table_puts_fluency_per_generator_beside_the_human_reference():
     fluent = _report()
     fluent["counterfactuals"] |= {"flip_rate": 0.4, "flip_rate_unfiltered": 0.5}
     fluent["counterfactuals"]["fluency"] = fl(-0.2, 0.0, 16, min_fluency_delta=-0.5)
+    # Gemma as the generator: scored by the other LM, and the row says so.
+    gemma = _report()
+    gemma["counterfactuals"]["fluency"] = fl(-1.5, 0.4, 9, model="smollm2-135m-instruct")
     imdb = _report()
     imdb["counterfactuals"] |= {"flip_rate": 0.6}
     imdb["counterfactuals"]["fluency"] = fl(-0.31, 0.1, 10)
@@ -67,20 +70,28 @@ def test_quality_table_puts_fluency_per_generator_beside_the_human_reference():
     human["counterfactuals"]["fluency"] = fl(-0.05, 0.02, 12)
     old = _report()  # a run from before fluency: dashes, not an error
     lines = quality_table(
-        {"sst2": llm, "sst2-fluent": fluent, "imdb-llm": imdb, "imdb-human": human, "old": old}
+        {
+            "sst2": llm,
+            "sst2-fluent": fluent,
+            "sst2-gemma": gemma,
+            "imdb-llm": imdb,
+            "imdb-human": human,
+            "old": old,
+        }
     )
-    rows = {line.split(" | ")[0] + " | " + line.split(" | ")[1]: line for line in lines[6:-2]}
-    assert rows["| sst2 | llm:x"].endswith("| -0.812 | 25% | 20 |")
+    rows = {line.split(" | ")[0] + " | " + line.split(" | ")[1]: line for line in lines[6:]}
+    assert len(rows) == 7
+    assert rows["| sst2 | llm:x"].endswith("| -0.812 | 25% | 20 | gemma3-270m |")
     assert "| 0.4 (0.5 without Δ ≥ -0.5) |" in rows["| sst2-fluent | llm:x"]
-    assert rows["| imdb-llm | llm:x"].endswith("| -0.310 | 10% | 10 |")
+    assert rows["| sst2-gemma | llm:x"].endswith("| -1.500 | 40% | 9 | smollm2-135m-instruct |")
+    assert rows["| imdb-llm | llm:x"].endswith("| -0.310 | 10% | 10 | gemma3-270m |")
     ref = rows["| imdb-llm | human:cad, same seeds (reference)"]
-    assert (
-        ref
-        == "| imdb-llm | human:cad, same seeds (reference) | 12 | – | – | – | – | -0.050 | 2% | 12 |"
+    assert ref == (
+        "| imdb-llm | human:cad, same seeds (reference) | 12 | – | – | – | – | -0.050 | 2% | 12 "
+        "| gemma3-270m |"
     )
-    assert rows["| imdb-human | human:cad"].endswith("| -0.050 | 2% | 12 |")
-    assert rows["| old | llm:x"].endswith("| – | – | – |")
-    assert lines[-1] == "Fluency LM: gemma3-270m."
+    assert rows["| imdb-human | human:cad"].endswith("| -0.050 | 2% | 12 | gemma3-270m |")
+    assert rows["| old | llm:x"].endswith("| – | – | – | – |")
 
 
 def test_decode_ceiling_times_the_models_own_matmul_shapes(tmp_path):

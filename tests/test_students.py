@@ -193,6 +193,38 @@ def test_batcher_cuts_padding_without_changing_outputs():
     assert data.batch(torch.tensor([2]))[0].shape[1] == data.ids.shape[1]
 
 
+def test_epoch_order_groups_lengths_and_keeps_every_row_once():
+    import numpy as np
+
+    from raydistill.training.loop import epoch_order
+
+    # 23 rows, batches of 4, windows of 2 batches (8 rows): windows of 8, 8, 7 rows.
+    lengths = np.array(
+        [3, 40, 7, 22, 9, 15, 31, 2, 18, 27, 5, 11, 36, 13, 8, 25, 4, 30, 6, 19, 1, 33, 12]
+    )
+    order = epoch_order(np.random.default_rng(0), lengths, micro=4, group=True, window=2).numpy()
+    assert sorted(order.tolist()) == list(range(23))  # every row exactly once
+    batches = [order[i : i + 4] for i in range(0, 20, 4)]  # the 5 batches the loop takes
+    assert all(len(b) == 4 for b in batches) and len(order[20:]) == 3  # remainder last
+    # Each batch holds neighbours in its window's length order: per window, the two batches
+    # split at the window's median, so no batch mixes the window's shortest and longest.
+    perm = np.random.default_rng(0).permutation(23)
+    for w in range(0, 23, 8):
+        window = sorted(lengths[perm[w : w + 8]].tolist(), reverse=True)
+        for i in range(0, len(window), 4):
+            assert sorted(window[i : i + 4]) in [sorted(lengths[b].tolist()) for b in batches] + [
+                sorted(lengths[order[20:]].tolist())
+            ]
+    # Grouped batches pad less than random ones (sum over batches of 4 x the longest row).
+    pad = lambda o: sum(4 * lengths[o[i : i + 4]].max() for i in range(0, 20, 4))  # noqa: E731
+    assert pad(order) < pad(np.random.default_rng(0).permutation(23))
+    # Off (and for batches as big as the data): exactly the plain permutation, as before.
+    plain = epoch_order(np.random.default_rng(0), lengths, micro=4, group=False).numpy()
+    assert plain.tolist() == np.random.default_rng(0).permutation(23).tolist()
+    same = epoch_order(np.random.default_rng(0), lengths, micro=23, group=True).numpy()
+    assert same.tolist() == plain.tolist()
+
+
 def test_batcher_rejects_rows_with_and_without_hidden_states_naming_them():
     """A mixed batch once crashed with a bare KeyError (human edits carry hidden states)."""
     from transformers import AutoTokenizer

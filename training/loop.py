@@ -84,6 +84,9 @@ class TrainJob:
     keep_examples: int = 0
     # auto | bf16 | fp32 (devices.training_precision says what each means per device).
     precision: str = "auto"
+    # Batch rows of similar length together (`epoch_order`): on SST-2 random batches of 32
+    # compute 3.0x the real tokens, length-grouped ones 1.05x. Classifier jobs only.
+    group_by_length: bool = False
 
 
 def _get(x: Any) -> Any:
@@ -165,6 +168,7 @@ class _Batcher:
         )
         self.ids = enc["input_ids"]
         self.mask = enc["attention_mask"]
+        self.lengths = self.mask.sum(dim=1).numpy()
         self.labels = torch.tensor([int(r["label"]) for r in rows], dtype=torch.long)
         self.t_logits = (
             torch.tensor(np.array([r["teacher_logits"] for r in rows]), dtype=torch.float32)
@@ -230,6 +234,33 @@ class _EvalCopy:
         with deepspeed.zero.GatheredParameters(list(self.module.parameters()), modifier_rank=None):
             self.copy.load_state_dict(self.module.state_dict())
         return self.copy
+
+
+def epoch_order(
+    rng: np.random.Generator, lengths: np.ndarray, micro: int, group: bool, window: int = 50
+) -> torch.Tensor:
+    """One epoch's row order; consecutive `micro`-sized slices are the batches.
+
+    `group`: shuffle, sort each window of `window` batches by length, then shuffle the
+    order of the batches. Every row still appears once per epoch and each batch is still
+    drawn from a random window, but a batch pads only to lengths near its own, so a step
+    computes little padding. Without `group`: a plain permutation.
+    """
+    perm = rng.permutation(len(lengths))
+    if not group or micro >= len(lengths):
+        return torch.from_numpy(perm)
+    span = micro * window
+    batches = []
+    for w in range(0, len(perm), span):
+        chunk = perm[w : w + span]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + micro] for i in range(0, len(chunk), micro)]
+    # Full batches in random order, a short remainder (if any) last: the loop takes
+    # len // micro batches per epoch, so a remainder is dropped as in a plain permutation.
+    full = [b for b in batches if len(b) == micro]
+    rest = [b for b in batches if len(b) < micro]
+    order = rng.permutation(len(full))
+    return torch.from_numpy(np.concatenate([full[i] for i in order] + rest))
 
 
 def _equal_shard(rows: list, rng: np.random.Generator, rank: int, world: int) -> list:
@@ -385,7 +416,7 @@ def run_job(
         ts = time.perf_counter()
         i = (step - 1) % steps_per_epoch
         if i == 0 and job.batch_size is not None:
-            perm = torch.from_numpy(rng.permutation(len(data)))
+            perm = epoch_order(rng, data.lengths, micro, job.group_by_length)
         sl = slice(i * micro, (i + 1) * micro)
         idx = perm[sl] if job.batch_size is not None else torch.arange(len(data))
         dev = engine.device  # CPU here; the worker's GPU under use_gpu (NCCL backend)

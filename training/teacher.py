@@ -40,6 +40,9 @@ def teacher_key(data: DataConfig, t: TeacherConfig, spec: TaskSpec) -> str:
             **({"text_pair": data.text_pair_column} if data.text_pair_column else {}),
             # bf16 trains another teacher; absent at auto so cached teachers stay valid.
             **({"precision": t.precision} if t.precision != "auto" else {}),
+            # Length-grouped batches train another teacher; absent when off, so teachers
+            # cached with random batches stay valid under group_by_length=false.
+            **({"batching": "by_length"} if t.group_by_length else {}),
         }
     )
 
@@ -87,6 +90,7 @@ def ensure_teacher(
         seed=t.seed,
         checkpoint_every=t.checkpoint_every,
         precision=t.precision,
+        group_by_length=t.group_by_length,
     )
     t0 = time.perf_counter()
     log.info("training teacher %s on %d rows", t.backbone, len(train_rows))
