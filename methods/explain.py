@@ -26,6 +26,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +123,7 @@ def prepare(cfg: RunConfig, sw: Stopwatch | None = None) -> Prepared:
             plan[(k, seed)] = [r["id"] for r in got]
             rows.update({r["id"]: r for r in got})
     prep = Prepared(splits.spec, rows, splits.dev, splits.test, plan, timings=sw.t)
-    needs_llm = any(
-        parse_arm(a)[1] != "human" or "cf" in parse_arm(a)[0] for a in cfg.experiment.arms
-    )
+    needs_llm = any(uses_llm(*parse_arm(a)) for a in cfg.experiment.arms)
     if needs_llm:
         with sw.stage("generate"):
             prep.chain, prep.chain_stats = generate_chain(cfg, list(rows.values()))
@@ -388,10 +387,24 @@ def job_name(arm: str, k: int, seed: int) -> str:
     return f"{arm.replace(':', '-').replace('+', 'p')}-k{k}-s{seed}"
 
 
-def signature(cfg: RunConfig, prep: Prepared) -> str:
+def uses_llm(mode: str, source: str) -> bool:
+    """Whether an arm's students learn from the teacher LLM's output (its explanations,
+    or the counterfactual ones); answer-only and human-explanation arms do not."""
+    return source != "human" or "cf" in mode
+
+
+def signature(cfg: RunConfig, prep: Prepared | None, job: Any = None) -> str:
+    """The ledger signature of `job` (of the LLM-taught students when `job` is None).
+
+    A student that learns from no LLM output keeps its result whatever the chain's
+    prompts, generator and sampling were: a prompt change retrains only the arms that
+    read the chain (before, it retrained the answer-only and human arms as well).
+    """
     from raydistill.cluster.ledger import student_signature
     from raydistill.pipelines.explanations import PROMPT_VERSION
 
+    if job is not None and not uses_llm(job.meta["mode"], job.meta["source"]):
+        return student_signature(cfg, None, {"explain": "no LLM output"})
     # Evaluation-only fields stay out: turning the judge on must not retrain students.
     gen = {k: v for k, v in vars(cfg.method).items() if k not in EVAL_FIELDS}
     pool = {k: getattr(cfg.pool, k) for k in ("backend", "model", "url")}
@@ -423,7 +436,7 @@ def train(cfg: RunConfig, prep: Prepared | None = None, sw=None, callbacks=None)
     sw = sw or Stopwatch()
     prep = prep or prepare(cfg, sw)
     return stages.train_stage(
-        cfg, build_jobs(cfg, prep), signature(cfg, prep), _result_row, sw, callbacks
+        cfg, build_jobs(cfg, prep), partial(signature, cfg, prep), _result_row, sw, callbacks
     )
 
 

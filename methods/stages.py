@@ -235,50 +235,56 @@ def train_run_name(signature: str, todo: list[Any]) -> str:
 def train_stage(
     cfg: RunConfig,
     jobs: list[Any],
-    signature: str,
+    signature: str | Callable[[Any], str],
     result_row: Callable[[Any, dict[str, Any]], dict[str, Any]],
     sw: Stopwatch,
     callbacks: list | None = None,
 ) -> list[dict[str, Any]]:
-    """Train the jobs not finished under `signature` in one TorchTrainer; ledger the rest.
+    """Train the jobs not finished under their signature in one TorchTrainer; ledger them.
 
-    `result_row(job, metrics)` is the method's row for one finished student; the stage
-    adds the job name, checkpoint folder, worker nodes and signature. Returns every row
-    of this signature, earlier runs' included.
+    `signature`: one for every job, or `signature(job)` when jobs depend on different
+    inputs (explain: an answer-only student does not depend on the teacher's prompts,
+    so a prompt change must not retrain it). `result_row(job, metrics)` is the method's
+    row for one finished student; the stage adds the job name, checkpoint folder, worker
+    nodes and signature. Returns every ledger row under the jobs' signatures, earlier
+    runs' included.
     """
     from raydistill.cluster.ledger import Ledger
     from raydistill.cluster.runtime import train_storage
     from raydistill.training.fit import fit_jobs
 
+    sig_of = signature if callable(signature) else (lambda _job: signature)
+    sigs = {j.name: sig_of(j) for j in jobs}
     out = Path(cfg.out_dir)
     ledger = Ledger(out)
-    done = ledger.done(signature)
+    done_by_sig = {s: ledger.done(s) for s in set(sigs.values())}
     # checkpoint_every is execution, not what the student learns: set here for every
     # method, on copies so the caller's jobs stay as built.
     todo = [
         replace(j, checkpoint_every=cfg.student.checkpoint_every)
         for j in jobs
-        if j.name not in done
+        if j.name not in done_by_sig[sigs[j.name]]
     ]
+    done = len(jobs) - len(todo)
     if done:
-        log.info("%d students already trained, %d to go", len(done), len(todo))
+        log.info("%d students already trained, %d to go", done, len(todo))
     if todo:
         with sw.stage("train"):
             # One line for the whole stage: students finished / all of this run's students
             # (those a rerun found in the ledger count as done), the one in flight by step.
-            before = len(jobs) - len(todo)
-            console().update("train", total=len(jobs), initial=before, unit="students")
+            console().update("train", total=len(jobs), initial=done, unit="students")
+            run_sig = sorted(set(sigs.values()))
             results = fit_jobs(
                 todo,
                 num_workers=cfg.student.num_workers,
                 storage_path=train_storage(cfg),
-                name=train_run_name(signature, todo),
+                name=train_run_name(run_sig[0] if len(run_sig) == 1 else str(run_sig), todo),
                 run_callbacks=callbacks,
                 placement_strategy=cfg.student.placement_strategy,
                 use_gpu=cfg.student.use_gpu,
                 max_failures=cfg.student.max_failures,
                 progress_stage="train",
-                progress_initial=before,
+                progress_initial=done,
             )
         rows = []
         for job, (metrics, ckpt) in zip(todo, results, strict=True):
@@ -293,8 +299,9 @@ def train_stage(
                     **result_row(job, metrics),
                     "worker_nodes": nodes,
                     "checkpoint": str(dest),
-                    "signature": signature,
+                    "signature": sigs[job.name],
                 }
             )
         ledger.append(rows)  # each student is durable once its row is written
-    return ledger.read(signature)
+    wanted = set(sigs.values())
+    return [r for r in ledger.read() if r.get("signature") in wanted]

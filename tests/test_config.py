@@ -166,18 +166,19 @@ def test_ledger_append_after_a_torn_line_keeps_every_new_row(tmp_path):
 
 
 def test_teacher_key_pinned_and_changed_by_bf16_and_batching():
-    """Cached teachers with random batches stay valid at teacher.group_by_length=false and
-    precision=auto (the key was pinned before either field existed); a bf16 teacher and a
-    length-grouped one (the default) are other teachers."""
+    """Cached teachers stay valid at the defaults (random batches, precision=auto: the key
+    was pinned before either field existed); a bf16 teacher and a length-grouped one are
+    other teachers."""
     from raydistill.pipelines.tasks import TASKS
     from raydistill.training.teacher import teacher_key
 
     old = "9097964754244851"
-    random = load_config(RECIPE_DIR / "sst2-cod.yaml", ["teacher.group_by_length=false"])
-    assert teacher_key(random.data, random.teacher, TASKS["sst2"]) == old
     cfg = load_config(RECIPE_DIR / "sst2-cod.yaml", [])
-    grouped = teacher_key(cfg.data, cfg.teacher, TASKS["sst2"])
-    assert cfg.teacher.group_by_length and grouped != old
+    assert not cfg.teacher.group_by_length
+    assert teacher_key(cfg.data, cfg.teacher, TASKS["sst2"]) == old
+    grouped_cfg = load_config(RECIPE_DIR / "sst2-cod.yaml", ["teacher.group_by_length=true"])
+    grouped = teacher_key(grouped_cfg.data, grouped_cfg.teacher, TASKS["sst2"])
+    assert grouped != old
     bf16 = load_config(RECIPE_DIR / "sst2-cod.yaml", ["teacher.precision=bf16"])
     assert teacher_key(bf16.data, bf16.teacher, TASKS["sst2"]) not in (old, grouped)
     with pytest.raises(ConfigError, match="student.precision"):

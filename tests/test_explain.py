@@ -6,6 +6,8 @@ with DeepSpeed; a rerun sends no request and trains nothing.
 """
 
 import json
+from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -136,3 +138,16 @@ def test_explain_end_to_end_and_resume(ray_session, data_dir, tmp_path):
         again = run(cfg)
         assert llm.count == sent, "a rerun sent LLM requests again"
         assert "train" not in again["timings"]
+        # A change to the chain retrains only the arms that read it: the answer-only and
+        # human-explanation students keep their rows (one each in the ledger).
+        changed = run(replace(cfg, method=replace(cfg.method, max_revision_ratio=2.0)))
+        ledger = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+        trained = Counter(r["arm"] for r in ledger)
+        assert trained == {
+            "answer": 1,
+            "multitask:human": 1,
+            "multitask:revised": 2,
+            "multitask+cf:original": 2,
+        }
+        assert {r["arm"] for r in changed["results"]} == set(cfg.experiment.arms)
+        assert len(changed["results"]) == 4

@@ -40,8 +40,8 @@ def teacher_key(data: DataConfig, t: TeacherConfig, spec: TaskSpec) -> str:
             **({"text_pair": data.text_pair_column} if data.text_pair_column else {}),
             # bf16 trains another teacher; absent at auto so cached teachers stay valid.
             **({"precision": t.precision} if t.precision != "auto" else {}),
-            # Length-grouped batches train another teacher; absent when off, so teachers
-            # cached with random batches stay valid under group_by_length=false.
+            # Length-grouped batches train another teacher; absent when off (the default),
+            # so teachers cached before the option existed stay valid.
             **({"batching": "by_length"} if t.group_by_length else {}),
         }
     )
