@@ -352,3 +352,25 @@ def test_cod_k_curve_merges_the_small_and_large_k_runs(tmp_path):
     assert lines["| 128"].endswith("| +0.5 |  |")
     assert "`small` (10 min)" in md and "`large` (10 min)" in md
     assert (tmp_path / "cod_k_curve_sst2.png").stat().st_size > 0
+
+
+def test_fluency_cross_marks_self_scoring_and_dashes_missing_cells():
+    from benchmarks.fluency_cross import render
+
+    def cell(delta, neg, oov, n):
+        return {"mean_delta": delta, "share_delta_negative": neg, "share_with_oov": oov, "n": n}
+
+    cells = {
+        "smollm2-135m-instruct": {
+            "gemma3-270m": cell(-0.5371, 0.9545, 0.3636, 22),
+            "smollm2-135m-instruct": cell(-0.381, 0.64, 0.36, 22),
+        },
+        "gemma3-270m": {"gemma3-270m": cell(-1.069, 0.79, 0.1, 29), "smollm2-135m-instruct": {}},
+    }
+    lines = render(cells, "cmd", 31.0).splitlines()
+    smol, gemma = lines[-2], lines[-1]
+    assert smol == (
+        "| smollm2-135m-instruct | -0.537 (95% below; OOV 36%; n=22) | "
+        "-0.381 (self) (64% below; OOV 36%; n=22) |"
+    )
+    assert gemma == "| gemma3-270m | -1.069 (self) (79% below; OOV 10%; n=29) | – |"
