@@ -28,11 +28,10 @@ SCORERS = ("gemma3-270m", "smollm2-135m-instruct")
 
 def flips(run_dir: Path) -> list[tuple[str, str]]:
     """(original, edited) of every verified flip in a CoD run folder."""
-    import pandas as pd
+    from raydistill.pipelines.counterfactual_records import load_records
 
-    d = pd.read_parquet(run_dir / "counterfactuals.parquet")
-    d = d[d["flipped"].astype(bool)]
-    return list(zip(d["original_text"].astype(str), d["text"].astype(str), strict=True))
+    recs = load_records(run_dir / "counterfactuals.parquet")
+    return [(str(r["original_text"]), str(r["text"])) for r in recs if r.get("flipped")]
 
 
 def score(pairs: list[tuple[str, str]], scorer_name: str) -> dict:
