@@ -65,9 +65,9 @@ def plain_torch_training(w: Workload, *, threads: int, teacher_dir: str | None =
     import torch
     from transformers import AutoTokenizer
 
+    from raydistill.training.batching import Batcher
     from raydistill.training.classifier import Classifier
     from raydistill.training.evaluation import evaluate
-    from raydistill.training.loop import _Batcher
     from raydistill.training.losses import distill_loss
     from raydistill.training.students import DistillStudent
 
@@ -79,7 +79,7 @@ def plain_torch_training(w: Workload, *, threads: int, teacher_dir: str | None =
     student = DistillStudent(
         w.backbone, w.label_names, num_layers=w.num_layers, freeze_embeddings=w.freeze_embeddings
     )
-    data = _Batcher(tok, w.rows, w.max_length)
+    data = Batcher(tok, w.rows, w.max_length)
     texts = [r["text"] for r in w.rows]
     params = [p for p in student.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=w.lr, weight_decay=0.01)

@@ -111,7 +111,7 @@ class TeacherConfig:
     checkpoint_every: float = 0.5
     # Training precision, as student.precision.
     precision: str = "auto"
-    # Batch training rows of similar length together (training.loop.epoch_order): random
+    # Batch training rows of similar length together (training.batching.epoch_order): random
     # batches of 32 SST-2 rows compute 3x the real tokens, grouped ones 1.05x, and the
     # demo's teacher trained in 102 s instead of 172 s (benchmarks/results/demo_time_notes.md).
     # Off by default: it trains another teacher, and the committed benchmark tables were

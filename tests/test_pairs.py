@@ -425,8 +425,8 @@ def test_pair_tokenization_and_shapes(tiny3):
 def test_students_and_evaluation_read_pairs(tiny3):
     from transformers import AutoTokenizer
 
+    from raydistill.training.batching import Batcher
     from raydistill.training.evaluation import Evaluator
-    from raydistill.training.loop import _Batcher
     from raydistill.training.students import DistillStudent
 
     tok = AutoTokenizer.from_pretrained(tiny3)
@@ -439,9 +439,9 @@ def test_students_and_evaluation_read_pairs(tiny3):
             "teacher_logits": [0, 0, 1.0],
         },
     ]
-    data = _Batcher(tok, rows, 64)
+    data = Batcher(tok, rows, 64)
     assert (data.ids == tok.sep_token_id).sum(dim=1).tolist() == [2, 2]
-    single = _Batcher(tok, [{"text": PREMISE, "label": 0}], 64)
+    single = Batcher(tok, [{"text": PREMISE, "label": 0}], 64)
     assert data.ids.shape[1] > single.ids.shape[1]
     from raydistill.registry import resolve_model
 

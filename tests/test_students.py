@@ -172,7 +172,7 @@ def test_param_groups_put_new_parts_at_head_lr():
 def test_batcher_cuts_padding_without_changing_outputs():
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from raydistill.training.loop import _Batcher
+    from raydistill.training.batching import Batcher
 
     path = resolve_model("tiny-bert")
     tok = AutoTokenizer.from_pretrained(path)
@@ -181,7 +181,7 @@ def test_batcher_cuts_padding_without_changing_outputs():
         {"text": "bad", "label": 0},
         {"text": "a long and winding sentence that pads every other row a lot", "label": 1},
     ]
-    data = _Batcher(tok, rows, max_length=32)
+    data = Batcher(tok, rows, max_length=32)
     short = torch.tensor([0, 1])
     ids, mask = data.batch(short)
     assert ids.shape[1] < data.ids.shape[1] and bool(mask.all())  # only used columns left
@@ -196,7 +196,7 @@ def test_batcher_cuts_padding_without_changing_outputs():
 def test_epoch_order_groups_lengths_and_keeps_every_row_once():
     import numpy as np
 
-    from raydistill.training.loop import epoch_order
+    from raydistill.training.batching import epoch_order
 
     # 23 rows, batches of 4, windows of 2 batches (8 rows): windows of 8, 8, 7 rows.
     lengths = np.array(
@@ -229,7 +229,7 @@ def test_batcher_rejects_rows_with_and_without_hidden_states_naming_them():
     """A mixed batch once crashed with a bare KeyError (human edits carry hidden states)."""
     from transformers import AutoTokenizer
 
-    from raydistill.training.loop import _Batcher
+    from raydistill.training.batching import Batcher
 
     tok = AutoTokenizer.from_pretrained(resolve_model("tiny-bert"))
     rows = [
@@ -237,9 +237,9 @@ def test_batcher_rejects_rows_with_and_without_hidden_states_naming_them():
         {"id": "b", "text": "bad", "label": 0},
     ]
     with pytest.raises(ValueError, match=r"1 of 2 training rows lack teacher_hidden.*'b'"):
-        _Batcher(tok, rows, max_length=16)
+        Batcher(tok, rows, max_length=16)
     both = [dict(rows[0]), dict(rows[1], teacher_hidden=[[1.0, 0.0]])]
-    assert _Batcher(tok, both, max_length=16).t_hidden.shape == (2, 1, 2)
+    assert Batcher(tok, both, max_length=16).t_hidden.shape == (2, 1, 2)
 
 
 def test_evaluator_restores_input_order_and_counts_pairs():
