@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.table_args import add_seed_and_override_args, seeds_override
-from raydistill.cluster.explain_report import modal_cell
+from raydistill.cluster.explain_report import judge_group_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -182,25 +182,13 @@ def render(report: dict[str, Any], command: str, wall_s: Any, load: Any) -> str:
         )
     judge = report.get("judge")
     if judge:
-        from raydistill.pipelines.explanations import DIMENSIONS as dims
-
         lines += [
             "",
             f"LLM judge (1–5, {judge.get('samples')} samples per item, temperature "
             f"{judge.get('temperature')}):",
             "",
-            "| group | items | parse rate | agreement exact / ±1 | most common score | "
-            + " | ".join(dims)
-            + " |",
-            "|---|---|---|---|---|" + "---|" * len(dims),
+            *judge_group_lines(judge.get("groups") or {}),
         ]
-        for name, g in sorted((judge.get("groups") or {}).items()):
-            means = g.get("means") or {}
-            lines.append(
-                f"| {name} | {g['items']} | {_cell(g.get('parse_rate'))}% | "
-                f"{_cell(g.get('agreement_exact'))}% / {_cell(g.get('agreement_within_1'))}% | "
-                f"{modal_cell(g)} | " + " | ".join(_cell(means.get(d), 1, 2) for d in dims) + " |"
-            )
     lines += ["", "| target | value | goal | | note |", "|---|---|---|---|---|"]
     for t in targets(report):
         v = t["value"]

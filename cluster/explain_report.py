@@ -85,6 +85,29 @@ def modal_cell(group: dict[str, Any]) -> str:
     return f"{group['modal_score']} ({_f(group.get('modal_share'), 100)}%)"
 
 
+def judge_group_lines(groups: dict[str, Any], names: list[str] | None = None) -> list[str]:
+    """The judge's table per group (all of them, or `names` in that order): items, parse
+    rate, agreement between two samples, the most common score and the mean per
+    dimension. One renderer for the run report and `benchmarks/explain_table`, so the two
+    never show the same judge result in different columns."""
+    lines = [
+        "| group | items | parse rate | agreement exact / ±1 | most common score | "
+        + " | ".join(DIMENSIONS)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(DIMENSIONS),
+    ]
+    for name in names if names is not None else sorted(groups):
+        g = groups.get(name)
+        if not g:
+            continue
+        lines.append(
+            f"| {name} | {g['items']} | {_f(g.get('parse_rate'), 100)}% | "
+            f"{_f(g.get('agreement_exact'), 100)}% / {_f(g.get('agreement_within_1'), 100)}% | "
+            f"{modal_cell(g)} | " + " | ".join(_judge_cells(g.get("means"))) + " |"
+        )
+    return lines
+
+
 def _judge_cells(means: dict[str, float] | None) -> list[str]:
     return [_f((means or {}).get(d), digits=2) for d in DIMENSIONS]
 
@@ -140,17 +163,8 @@ def _chain_lines(c: dict[str, Any], judge: dict[str, Any] | None) -> list[str]:
             "",
             "### The judge on the teacher's explanations (training questions, gold answer)",
             "",
-            "| source | items | parse rate | " + " | ".join(DIMENSIONS) + " |",
-            "|---|---|---|" + "---|" * len(DIMENSIONS),
+            *judge_group_lines(groups, [f"teacher {s}" for s in ("human", "original", "revised")]),
         ]
-        for src in ("human", "original", "revised"):
-            g = groups.get(f"teacher {src}")
-            if g:
-                lines.append(
-                    f"| {src} | {g['items']} | {_f(g['parse_rate'], 100)}% | "
-                    + " | ".join(_judge_cells(g["means"]))
-                    + " |"
-                )
         p = judge.get("original_vs_revised") or {}
         if p.get("n"):
             lines += [

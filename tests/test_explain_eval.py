@@ -410,6 +410,11 @@ def test_summary_carries_judge_and_quality_per_arm():
     assert by["answer"]["accuracy_sd"] == pytest.approx(np.std([0.40, 0.44], ddof=1))
 
 
+TEACHER_ORIGINAL_ROW = (
+    "| teacher original | 2 | 75.0% | 60.0% / 100.0% | – | " + " | ".join(["3.00"] * 5) + " |"
+)
+
+
 @pytest.mark.parametrize("judge", [True, False])
 def test_report_renders_with_and_without_the_judge(tmp_path, judge):
     from raydistill.cluster.explain_report import write_report
@@ -426,6 +431,7 @@ def test_report_renders_with_and_without_the_judge(tmp_path, judge):
         assert "| revised − original | +0.00 | +0.00 | +0.50 | +0.00 | -0.50 |" in md
         assert "judge plaus 5.0" in md and "60.0% | 100.0% (1 pairs)" in md
         assert "| 75% | 3.00 | 3.00 | 3.00 | 3.00 | 3.00 |" in md
+        assert TEACHER_ORIGINAL_ROW in md
     else:
         assert "Judge: off" in md and "## The judge" not in md and "revised − original" not in md
 
@@ -447,6 +453,10 @@ def test_benchmark_table_targets_and_rendering():
     assert "| multitask:revised | 46.0 | 48.0 | 47.0 | 1.4 | +5.0 | 20.0 | 0.550 | 12.0 |" in md
     assert "| judge: revised − original, contrastiveness | -0.50 | > 0 | **missed** |" in md
     assert "wall time 12.5 s" in md
+    # The same judge renderer as the run report: its teacher row, word for word, and the
+    # student group the report shows per arm instead.
+    assert TEACHER_ORIGINAL_ROW in md
+    assert "| student multitask:revised k=8 | 2 | 75.0% | 60.0% / 100.0% | – |" in md
     off = {x["target"]: x for x in targets(_report(judge=False))}
     assert off["judge: revised − original, completeness"]["met"] is None
     rep["chain"]["prefix"]["caching"]["enabled"] = False
