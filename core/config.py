@@ -26,7 +26,7 @@ from raydistill.recipes import (  # noqa: F401  (re-exported: the config API)
 
 POOLINGS = ("mean", "native")
 # Training arithmetic (student.precision, teacher.precision).
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16-native", "bf16", "fp32")
 # serving/teacher_pool.BACKENDS, named here so a typo fails when the recipe loads.
 POOL_BACKENDS = ("vllm", "hf", "openai")
 

@@ -77,6 +77,35 @@ def test_training_precision_per_device(precision, device, cap, want):
         training_precision("fp8", device, cap)
 
 
+BF16_CPU = {"avx512f", "avx512_bf16"}
+PLAIN_CPU = {"avx2", "avx512f"}
+
+
+@pytest.mark.parametrize(
+    ("device", "cap", "flags", "want"),
+    [
+        ("cpu", None, BF16_CPU, "bf16-autocast"),
+        ("cpu", None, {"avx2", "amx_bf16", "amx_tile"}, "bf16-autocast"),
+        ("cpu", None, PLAIN_CPU, "fp32"),  # would emulate bf16: slower than fp32
+        ("cuda", (8, 0), PLAIN_CPU, "bf16"),  # the GPU decides on a GPU worker
+        ("cuda", (7, 0), BF16_CPU, "fp32"),
+    ],
+)
+def test_bf16_native_is_bf16_only_where_the_hardware_has_it(device, cap, flags, want):
+    assert training_precision("bf16-native", device, cap, flags) == want
+
+
+def test_cpu_flags_are_read_from_cpuinfo_when_not_given():
+    from pathlib import Path
+
+    from raydistill.training.devices import cpu_has_native_bf16
+
+    line = next(x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags"))
+    flags = set(line.split(":", 1)[1].split())
+    assert cpu_has_native_bf16() is bool({"avx512_bf16", "amx_bf16"} & flags)
+    assert cpu_has_native_bf16(set()) is False
+
+
 def test_outside_ray_this_machine_uses_its_cpu_and_all_its_cores():
     assert resolve_device(None) == "cpu"
     assert resolve_device("cuda:1") == "cuda:1"

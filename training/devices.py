@@ -88,16 +88,41 @@ def bf16_supported(device: str, capability: tuple[int, int] | None = None) -> bo
     return tuple(capability) >= (8, 0)
 
 
+def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
+    """Whether this node's CPU computes bf16 matmuls in hardware (avx512_bf16 or AMX).
+
+    Without them bf16 autocast is emulated and slower than fp32. `flags` (as in
+    /proc/cpuinfo) decide without reading the machine; None reads this node's.
+    """
+    if flags is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                line = next((x for x in f if x.startswith("flags")), "")
+        except OSError:
+            return False
+        flags = set(line.partition(":")[2].split())
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
 def training_precision(
-    precision: str, device: str, capability: tuple[int, int] | None = None
+    precision: str,
+    device: str,
+    capability: tuple[int, int] | None = None,
+    cpu_flags: set[str] | None = None,
 ) -> str:
-    """What a `precision` setting ("auto" | "bf16" | "fp32") means on `device`.
+    """What a `precision` setting ("auto" | "bf16-native" | "bf16" | "fp32") means on
+    `device`.
 
     "bf16": DeepSpeed's bf16 mode (bf16 weights and matmuls) on a CUDA device;
     "bf16-autocast": torch autocast around the forward pass on CPU (fp32 weights,
     optimizer and losses; DeepSpeed's bf16 mode is GPU-only); "fp32": neither. "auto" is
     bf16 only where `bf16_supported` says the GPU has bf16 tensor cores: on CPU the gain
-    depends on bf16 instructions (avx512_bf16/AMX) and is measured, not assumed.
+    depends on bf16 instructions and on where a job's time goes, so it is measured, not
+    assumed, and the recipes whose tables were made in fp32 keep reproducing them.
+    "bf16-native" is bf16 wherever the hardware has it (Ampere+ GPUs; CPUs with
+    avx512_bf16 or AMX), else fp32: what a recipe sets once a measurement showed bf16
+    pays off for it (`cqa-explain.yaml`), without slowing a CPU that would emulate it.
+    Each worker decides for its own node, so a cluster should not mix CPU generations.
     """
     if precision == "fp32":
         return "fp32"
@@ -106,7 +131,11 @@ def training_precision(
         return "bf16" if on_gpu else "bf16-autocast"
     if precision == "auto":
         return "bf16" if bf16_supported(device, capability) else "fp32"
-    raise ValueError(f"precision: one of auto, bf16, fp32; got {precision!r}")
+    if precision == "bf16-native":
+        if on_gpu:
+            return "bf16" if bf16_supported(device, capability) else "fp32"
+        return "bf16-autocast" if cpu_has_native_bf16(cpu_flags) else "fp32"
+    raise ValueError(f"precision: one of auto, bf16-native, bf16, fp32; got {precision!r}")
 
 
 def available_cpus() -> int:

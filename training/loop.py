@@ -83,7 +83,7 @@ class TrainJob:
     # Generative mcqa students: keep the first N test generations in the metrics
     # (`StudentKind.keep_examples`; the explain method judges them). 0 = keep none.
     keep_examples: int = 0
-    # auto | bf16 | fp32 (devices.training_precision says what each means per device).
+    # auto | bf16-native | bf16 | fp32 (devices.training_precision says what each means per device).
     precision: str = "auto"
     # Batch rows of similar length together (`epoch_order`): on SST-2 random batches of 32
     # compute 3.0x the real tokens, length-grouped ones 1.05x. Classifier jobs only.
