@@ -272,14 +272,13 @@ def test_fault_runner_keeps_verdicts_and_fault_figures():
 
 def test_every_cod_table_data_set_loads_as_a_config():
     """Each data set of the table is its recipe plus overrides: all must validate."""
-    from benchmarks.cod_table import DATASETS, RECIPE
+    from benchmarks.cod_table import DATASETS, recipe_for
     from raydistill.config import load_config
 
-    root = Path(__file__).resolve().parents[1]
     for name, (overrides, _) in DATASETS.items():
-        cfg = load_config(root / "recipes" / RECIPE.get(name, "sst2-cod.yaml"), overrides)
+        cfg = load_config(recipe_for(name), overrides)
         assert cfg.method.name == "cod", name
-    bbc = load_config(root / "recipes" / RECIPE["bbc-rewrite"], DATASETS["bbc-rewrite"][0])
+    bbc = load_config(recipe_for("bbc-rewrite"), DATASETS["bbc-rewrite"][0])
     assert (bbc.data.task, bbc.method.counterfactuals.strategy) == ("bbc_news", "rewrite")
 
 
