@@ -126,6 +126,26 @@ DATASETS = {
         "bbc_news",
     ),
     "sst2-qwen": (["pool.model=qwen2.5-coder-0.5b-instruct"], "sst2"),
+    # The rewrite strategy on the headline only (`shown_paragraphs=1`; the body is spliced
+    # back verbatim): shown 300 characters, the small models above summarised or rewrote
+    # the excerpt (0 flips); a headline is 6 words (median 32 characters, at most 52).
+    "bbc-rewrite-headline": (
+        [
+            "method.counterfactuals.strategy=rewrite",
+            "method.counterfactuals.shown_paragraphs=1",
+            "method.counterfactuals.max_new_tokens=32",
+        ],
+        "bbc_news",
+    ),
+    "bbc-rewrite-headline-qwen": (
+        [
+            "method.counterfactuals.strategy=rewrite",
+            "method.counterfactuals.shown_paragraphs=1",
+            "method.counterfactuals.max_new_tokens=32",
+            "pool.model=qwen2.5-coder-0.5b-instruct",
+        ],
+        "bbc_news",
+    ),
 }
 
 # The recipe a data set's overrides apply to, by its task (the rest start from

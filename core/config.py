@@ -185,6 +185,10 @@ class CounterfactualConfig:
     seed: int = 0
     # Cap on input length shown to the LLM (characters); long reviews are truncated.
     max_input_chars: int = 600
+    # rewrite: show (and ask to edit) only the first N paragraphs, the rest is spliced back
+    # verbatim. 1 on BBC News is the headline: small models asked to edit 300 characters
+    # of an article rewrite or summarise them. null: cut by max_input_chars alone.
+    shown_paragraphs: int | None = None
     # A counterfactual is a minimal edit: candidates changing more than this fraction of
     # the original's words (at least 3 words are always allowed) are rejected as
     # rewrites ("not_minimal"). null keeps every rewrite.
@@ -228,6 +232,11 @@ class CounterfactualConfig:
                 "with; set one or set min_fluency_delta: null"
             )
         _one_of("method.counterfactuals.strategy", self.strategy, ("rewrite", "swap"))
+        if self.shown_paragraphs is not None and self.shown_paragraphs < 1:
+            raise ConfigError(
+                "method.counterfactuals.shown_paragraphs: a positive number of paragraphs "
+                f"or null, got {self.shown_paragraphs}"
+            )
         _one_of("method.counterfactuals.targets", self.targets, ("runner_up", "all"))
         _one_of("method.counterfactuals.edit_side", self.edit_side, ("text", "text_pair"))
         if not self.swap_words or any(n < 1 for n in self.swap_words):

@@ -316,6 +316,8 @@ def generation_key(
 
     words = {"class_words": [CLASS_WORDS_VERSION, class_words]} if class_words else {}
     gen = dict(cfg.method.counterfactuals.__dict__)
+    if gen["shown_paragraphs"] is None:
+        del gen["shown_paragraphs"]  # added later: unset, the cached records are still these
     if gen["fluency_model"] is None:
         # No fluency ranking: the selection is the one before fluency existed, and so is
         # the key (records cached then are still these).

@@ -52,7 +52,7 @@ from raydistill.pipelines.counterfactual_records import save_records as save_rec
 from raydistill.pipelines.edits import word_edit_distance
 from raydistill.pipelines.fluency import REJECT_NOT_FLUENT, with_fluency_defaults
 from raydistill.pipelines.llm_requests import LLMClient
-from raydistill.pipelines.prompts import split_for_prompt
+from raydistill.pipelines.prompts import splice, split_for_prompt
 from raydistill.pipelines.tasks import TaskSpec
 from raydistill.telemetry import FLIP_RATE, GEN_TOKENS_PER_S, count_rows, set_gauge
 from raydistill.training.classifier import Classifier, softmax
@@ -173,6 +173,7 @@ class FlipVerifier:
         label_names: tuple[str, ...] = (),
         max_edit_fraction: float | None = None,
         max_input_chars: int | None = None,
+        shown_paragraphs: int | None = None,
         edit_side: str = "text_pair",
         pair_names: tuple[str, str] | None = None,
         fluency_model: str | None = None,
@@ -188,6 +189,7 @@ class FlipVerifier:
         )
         # The prompt showed only this many characters: candidates edit that part.
         self.max_input_chars = max_input_chars
+        self.shown_paragraphs = shown_paragraphs
         # Sentence pairs: rows carry `kept` (the side left verbatim) beside `text` (the
         # side edited); replies may name both sides ("Premise: ...").
         self.edit_side = edit_side
@@ -228,13 +230,14 @@ class FlipVerifier:
         flat_kept: list[str] = []
         for i in range(n):
             kept, why = [], Counter()
-            shown, rest = split_for_prompt(str(batch["text"][i]), self.max_input_chars)
+            whole = str(batch["text"][i])
+            shown, rest = split_for_prompt(whole, self.max_input_chars, self.shown_paragraphs)
             side = kept_sides[i] if kept_sides is not None else None
             for raw in list(batch["candidates"][i]):
                 text, reason = self._clean(raw, shown, side)
                 if text is not None and rest:
                     # Splice the edited part back onto the part the model never saw.
-                    text = re.sub(r"\s*(…|\.\.\.)$", "", text) + " " + rest
+                    text = splice(re.sub(r"\s*(…|\.\.\.)$", "", text), whole, shown, rest)
                 if text is None:
                     why[reason] += 1
                 elif text not in kept:

@@ -35,6 +35,7 @@ def _verify(ds: Any, verifier: dict[str, Any], expected: int, rnd: int) -> list[
             label_names=tuple(spec.label_names),
             max_edit_fraction=gen.max_edit_fraction,
             max_input_chars=gen.max_input_chars if gen.strategy == "rewrite" else None,
+            shown_paragraphs=gen.shown_paragraphs if gen.strategy == "rewrite" else None,
             edit_side=gen.edit_side,
             pair_names=spec.pair_names,
             # Flips ranked by fluency after edit size; the LM loads in this actor on its
@@ -83,6 +84,7 @@ def rewrite_rounds(pending, spec, llm, gen, verifier, class_words=None):
                 edit_side=gen.edit_side,
                 # Binary sentiment keeps its prompt; other tasks get the target's words.
                 target_words=None if opposite_style(spec) else (class_words or {}).get(tgt),
+                paragraphs=gen.shown_paragraphs,
             )
             rows.append(
                 {

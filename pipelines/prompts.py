@@ -6,6 +6,8 @@ external API) sees the same conversation and prompts can be unit-tested.
 
 from __future__ import annotations
 
+import re
+
 from raydistill.pipelines.tasks import TaskSpec
 
 COUNTERFACTUAL_SYSTEM = (
@@ -15,20 +17,44 @@ COUNTERFACTUAL_SYSTEM = (
 )
 
 
-def split_for_prompt(text: str, max_chars: int | None) -> tuple[str, str]:
-    """(the part a prompt shows, the unseen rest), cut at a word boundary.
+def split_for_prompt(
+    text: str, max_chars: int | None, paragraphs: int | None = None
+) -> tuple[str, str]:
+    """(the part a prompt shows, the unseen rest), cut at a paragraph, then at a word.
 
     Long inputs (IMDB reviews) are shown only in part; the edited part is spliced back onto
-    the rest, so a counterfactual is still a whole input and a minimal edit of it.
+    the rest (`splice`), so a counterfactual is still a whole input and a minimal edit of
+    it. `paragraphs` shows only the first N blank-line separated paragraphs (a news
+    article's headline: a small model asked to edit 300 characters of an article rewrites
+    or summarises them, but can change a few words of a six-word headline).
     """
+    if paragraphs is not None:
+        breaks = [m.end() for m in _PARAGRAPH_BREAK.finditer(text)]
+        if len(breaks) >= paragraphs:
+            head = text[: breaks[paragraphs - 1]].rstrip()
+            shown, rest = split_for_prompt(head, max_chars)
+            return shown, text[len(shown) :].strip()
     if max_chars is None or len(text) <= max_chars:
         return text, ""
     cut = text[:max_chars].rsplit(" ", 1)[0]
     return cut, text[len(cut) :].strip()
 
 
-def truncate(text: str, max_chars: int) -> str:
-    shown, rest = split_for_prompt(text, max_chars)
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
+
+
+def splice(edited: str, text: str, shown: str, rest: str) -> str:
+    """An edit of `shown` joined back onto the `rest` of `text`, with the whitespace that
+    separated them in `text` (a paragraph break stays a paragraph break)."""
+    if not rest:
+        return edited
+    after = text[len(shown) :]
+    gap = after[: len(after) - len(after.lstrip())]
+    return edited + ("\n\n" if "\n" in gap else " ") + rest
+
+
+def truncate(text: str, max_chars: int, paragraphs: int | None = None) -> str:
+    shown, rest = split_for_prompt(text, max_chars, paragraphs)
     return shown + " …" if rest else shown
 
 
@@ -43,6 +69,7 @@ def counterfactual_messages(
     kept: str | None = None,
     edit_side: str = "text_pair",
     target_words: list[str] | None = None,
+    paragraphs: int | None = None,
 ) -> list[dict[str, str]]:
     """Ask for a minimal edit of `text` that moves it from `source_label` to `target_label`.
 
@@ -50,7 +77,8 @@ def counterfactual_messages(
     label in it); naming it gives the model feedback instead of an identical retry.
     Sentence pairs: `text` is the side to edit, `kept` the other, shown verbatim and to be
     left as it is. `target_words` (multi-class tasks: the target class's typical words
-    from the training split, `class_words.py`) are offered as a direction.
+    from the training split, `class_words.py`) are offered as a direction. `paragraphs`
+    shows (and asks to edit) only the first N paragraphs (`split_for_prompt`).
     """
     if kept is not None:
         return _pair_messages(
@@ -63,8 +91,9 @@ def counterfactual_messages(
             max_chars,
             edit_side,
             target_words,
+            paragraphs,
         )
-    text = truncate(text, max_chars)
+    text = truncate(text, max_chars, paragraphs)
     lines = [
         f"Task: {spec.label_meaning} of a {spec.noun}. Labels: {', '.join(spec.label_names)}.",
         f"The {spec.noun} below is {source_label}. Change a few words (for example, swap "
@@ -75,7 +104,7 @@ def counterfactual_messages(
         lines.append(f"Words typical of {target_label}: {', '.join(target_words)}.")
     if previous:
         lines.append(
-            f'An earlier attempt, "{truncate(previous, max_chars)}", was still read as '
+            f'An earlier attempt, "{truncate(previous, max_chars, paragraphs)}", was still read as '
             f"{source_label}. Change the words that carry the {spec.label_meaning} more "
             f"decisively."
         )
@@ -97,11 +126,12 @@ def _pair_messages(
     max_chars: int,
     edit_side: str,
     target_words: list[str] | None,
+    paragraphs: int | None = None,
 ) -> list[dict[str, str]]:
     """The rewrite prompt for a sentence pair: both sides shown, one to edit."""
     first, second = spec.pair_names or ("first text", "second text")
     edited_name, kept_name = (second, first) if edit_side == "text_pair" else (first, second)
-    text, kept = truncate(text, max_chars), truncate(kept, max_chars)
+    text, kept = truncate(text, max_chars, paragraphs), truncate(kept, max_chars)
     lines = [
         f"Task: {spec.label_meaning} of a {first} and a {second}. "
         f"Labels: {', '.join(spec.label_names)}.",
@@ -113,7 +143,8 @@ def _pair_messages(
         lines.append(f"Words typical of {target_label}: {', '.join(target_words)}.")
     if previous:
         lines.append(
-            f'An earlier {edited_name}, "{truncate(previous, max_chars)}", was still read as '
+            f'An earlier {edited_name}, "{truncate(previous, max_chars, paragraphs)}", was '
+            f"still read as "
             f"{source_label}. Change the words that decide it more decisively."
         )
     shown = [

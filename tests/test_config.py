@@ -120,6 +120,7 @@ def test_method_section_is_tagged():
         ),
         ("method.counterfactuals.swap_words=[]", r"method\.counterfactuals\.swap_words"),
         ("method.counterfactuals.swap_words=[3, 0]", r"method\.counterfactuals\.swap_words"),
+        ("method.counterfactuals.shown_paragraphs=0", r"counterfactuals\.shown_paragraphs"),
         ("student.pooling=max", r"student\.pooling: 'max' is not one of mean, native"),
         ("teacher.pooling=cls", r"teacher\.pooling"),
         ("pool.backend=tgi", r"pool\.backend: 'tgi' is not one of vllm, hf, openai"),

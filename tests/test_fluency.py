@@ -265,7 +265,7 @@ def test_threshold_needs_a_model_and_fluency_settings_key_the_generations():
     gen = {
         k: v
         for k, v in cfg.method.counterfactuals.__dict__.items()
-        if k not in ("fluency_model", "min_fluency_delta")
+        if k not in ("fluency_model", "min_fluency_delta", "shown_paragraphs")
     }
     old = stable_hash(
         {
@@ -279,6 +279,8 @@ def test_threshold_needs_a_model_and_fluency_settings_key_the_generations():
         }
     )
     assert off == old
+    # A setting added later keeps the key of the records made before it while unset.
+    assert key("method.counterfactuals.shown_paragraphs=1") != on
 
 
 def _records():

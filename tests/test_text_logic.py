@@ -1,5 +1,7 @@
 """Pure logic: edit distance, LLM output cleaning, flip verification, prompts."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -146,6 +148,75 @@ def test_split_for_prompt_cuts_at_a_word_and_keeps_the_rest():
     assert f"{shown} {rest}" == text
     assert truncate(text, 30) == shown + " …"
     assert split_for_prompt("short", 30) == ("short", "")
+
+
+def test_split_for_prompt_by_paragraph_shows_the_headline_only():
+    from raydistill.pipelines.prompts import splice, split_for_prompt, truncate
+
+    article = "US duo in first spam conviction\n\nA brother and sister were convicted.\n\nMore."
+    shown, rest = split_for_prompt(article, 300, paragraphs=1)
+    assert (shown, rest) == (
+        "US duo in first spam conviction",
+        "A brother and sister were convicted.\n\nMore.",
+    )
+    # Spliced back with its paragraph break, the unedited article comes back whole.
+    assert splice(shown, article, shown, rest) == article
+    edited = splice("US duo in first film award", article, shown, rest)
+    assert edited == article.replace("spam conviction", "film award")
+    assert split_for_prompt(article, 300, paragraphs=2)[0] == (
+        "US duo in first spam conviction\n\nA brother and sister were convicted."
+    )
+    # Fewer paragraphs than asked: the character cap alone decides.
+    assert split_for_prompt(article, 300, paragraphs=3) == (article, "")
+    # A long first paragraph is still cut at a word by the character cap.
+    shown, rest = split_for_prompt(article, 12, paragraphs=1)
+    assert shown == "US duo in" and rest.startswith("first spam conviction\n\nA brother")
+    assert truncate(article, 300, paragraphs=1) == "US duo in first spam conviction …"
+    # A word cut (no paragraph break between the parts) is spliced with a space.
+    text = "the acting was wonderful and the plot kept me guessing"
+    shown, rest = split_for_prompt(text, 30)
+    assert splice("the acting was dreadful and", text, shown, rest) == text.replace(
+        "wonderful", "dreadful"
+    )
+
+
+def test_rewrite_prompt_shows_the_paragraphs_asked_for():
+    spec = get_task("bbc_news")
+    article = "Spam duo convicted\n\nA brother and sister were convicted of sending spam."
+    user = counterfactual_messages(spec, article, "tech", "business", paragraphs=1)[1]
+    assert "Spam duo convicted …" in user["content"]
+    assert "brother" not in user["content"]
+    whole = counterfactual_messages(spec, article, "tech", "business")[1]["content"]
+    assert "brother" in whole
+
+
+def test_verifier_edits_of_a_headline_keep_the_body_verbatim():
+    """With shown_paragraphs=1 the LLM sees (and edits) the headline only; a candidate is
+    the edited headline, the article's body spliced back after a paragraph break, and it
+    is judged minimal against the headline it was asked to edit."""
+    from raydistill.pipelines.counterfactuals import FlipVerifier
+    from raydistill.registry import resolve_model
+
+    body = " ".join(["The company said profits rose in the quarter."] * 6)
+    article = f"Firm profits rise sharply\n\n{body}"
+    batch = {
+        "id": np.array(["a1"], dtype=object),
+        "text": np.array([article], dtype=object),
+        "target": np.array([0]),
+        "llm_error": np.array([""], dtype=object),
+        "candidates": np.array(
+            [["Film profits rise sharply …", "A new headline entirely about the cinema awards"]],
+            dtype=object,
+        ),
+    }
+    tiny = resolve_model("tiny-bert")
+    out = FlipVerifier(tiny, max_input_chars=300, shown_paragraphs=1, max_edit_fraction=0.5)(
+        dict(batch)
+    )
+    assert out["num_valid"][0] == 1
+    assert json.loads(out["rejects"][0]) == {"not_minimal": 1}
+    got = out["cf_text"][0] or out["closest"][0]
+    assert got == f"Film profits rise sharply\n\n{body}"
 
 
 def test_verifier_splices_edits_of_a_truncated_input_back_onto_the_rest():
