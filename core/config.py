@@ -104,6 +104,12 @@ class TeacherConfig:
     # verification, saliency): 0 keeps them on CPU even on GPU nodes; 0.25 packs four on
     # one GPU. The classifier runs on the device Ray assigned (training/devices.py).
     num_gpus: float = 0.0
+    # CPU share of each of those actors, and so its torch threads: Ray sets
+    # OMP_NUM_THREADS to an actor's CPUs, so at 1 a CPU teacher stage runs one thread
+    # whatever the node has (the IMDB saliency stage ran at 100 % of one of 2 cores).
+    # The actors run between LLM rounds, while the pool waits, so 2 on a laptop costs
+    # nothing; on a cluster, at most what a node can spare beside the pool.
+    num_cpus: float = 1.0
     # Train the teacher on GPU workers (Ray Train ScalingConfig(use_gpu=True), NCCL).
     use_gpu: bool = False
     # As for students; the teacher is the one long job, so it checkpoints mid-epoch.
@@ -122,6 +128,7 @@ class TeacherConfig:
         _one_of("teacher.pooling", self.pooling, POOLINGS)
         _one_of("teacher.precision", self.precision, PRECISIONS)
         _non_negative("teacher.num_gpus", self.num_gpus)
+        _non_negative("teacher.num_cpus", self.num_cpus)
         _non_negative("teacher.max_failures", self.max_failures)
         _non_negative("teacher.checkpoint_every", self.checkpoint_every)
 

@@ -383,6 +383,7 @@ def generate_cached(
                 source=f"llm:{cfg.pool.model}",
                 teacher_max_length=cfg.teacher.max_length,
                 teacher_num_gpus=cfg.teacher.num_gpus,
+                teacher_num_cpus=cfg.teacher.num_cpus,
                 progress=lambda msg: print(f"[raydistill] {msg}", flush=True),
                 class_words=class_words,
                 fluency_dir=fluency_dir(cfg),

@@ -155,6 +155,7 @@ def annotate_stage(
             teacher.path,
             max_length=cfg.teacher.max_length,
             with_hidden=with_hidden,
+            num_cpus=cfg.teacher.num_cpus,
             num_gpus=cfg.teacher.num_gpus,
             progress_stage="annotate",
         )

@@ -260,6 +260,7 @@ def teacher_check(cfg: RunConfig, prep: Prepared, cands: list[dict]) -> None:
             [{k: c[k] for k in ("id", "text", "label")} for c in ok],
             prep.teacher.path,
             max_length=cfg.teacher.max_length,
+            num_cpus=cfg.teacher.num_cpus,
             num_gpus=cfg.teacher.num_gpus,
         )
     }

@@ -382,6 +382,7 @@ def generate_counterfactuals(
     concurrency: int | None = None,
     teacher_max_length: int = 64,
     teacher_num_gpus: float = 0.0,
+    teacher_num_cpus: float = 1.0,
     progress: Callable[[str], None] | None = None,
     class_words: dict[str, list[str]] | None = None,
     fluency_dir: str | None = None,
@@ -421,6 +422,8 @@ def generate_counterfactuals(
         teacher_max_length=teacher_max_length,
         # GPU share of the verifier / saliency actors (teacher.num_gpus).
         teacher_num_gpus=teacher_num_gpus,
+        # Their CPU share, which sets their torch threads (teacher.num_cpus).
+        teacher_num_cpus=teacher_num_cpus,
         spec=spec,
         gen=gen,
         fluency_dir=fluency_dir,

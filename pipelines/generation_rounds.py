@@ -47,6 +47,7 @@ def _verify(ds: Any, verifier: dict[str, Any], expected: int, rnd: int) -> list[
         batch_format="numpy",
         concurrency=1,
         # teacher.num_gpus: the verifier's classifier runs on the GPU Ray assigns it.
+        num_cpus=float(verifier.get("teacher_num_cpus", 1.0)),
         num_gpus=float(verifier.get("teacher_num_gpus") or 0.0),
     )
     results = ds.take_all()
@@ -145,6 +146,7 @@ def swap_rounds(pending, spec, llm, gen, verifier, class_words=None):
             batch_size=16,
             batch_format="numpy",
             concurrency=1,
+            num_cpus=float(verifier.get("teacher_num_cpus", 1.0)),
             num_gpus=float(verifier.get("teacher_num_gpus") or 0.0),
         )
         .take_all()

@@ -123,6 +123,7 @@ def test_method_section_is_tagged():
         ("method.counterfactuals.shown_paragraphs=0", r"counterfactuals\.shown_paragraphs"),
         ("student.pooling=max", r"student\.pooling: 'max' is not one of mean, native"),
         ("teacher.pooling=cls", r"teacher\.pooling"),
+        ("teacher.num_cpus=-1", r"teacher\.num_cpus"),
         ("pool.backend=tgi", r"pool\.backend: 'tgi' is not one of vllm, hf, openai"),
         ("out_dir=../../etc/x", r"out_dir: '\.\./\.\./etc/x' climbs out"),
         ("out_dir=runs/../../x", r"climbs out"),

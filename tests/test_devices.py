@@ -128,3 +128,27 @@ def test_serve_cli_takes_gpus_and_replicas_per_replica():
 
     args = build_parser().parse_args(["serve", "m=/ckpt", "--num-gpus", "1", "--replicas", "2"])
     assert (args.num_gpus, args.num_cpus, args.replicas, args.max_replicas) == (1.0, 1.0, 2, None)
+
+
+def test_a_teacher_actor_runs_as_many_threads_as_cpus_ray_gave_it(ray_session):
+    """teacher.num_cpus is the thread count of the teacher's Ray Data actors, even where
+    the cluster image exports OMP_NUM_THREADS=1 (Ray then leaves the variable alone, and a
+    2-CPU actor would run one thread)."""
+    ray = ray_session
+
+    @ray.remote
+    def threads_of_a_classifier():
+        import torch
+
+        from raydistill.registry import resolve_model
+        from raydistill.training.classifier import Classifier
+
+        Classifier(resolve_model("tiny-bert"))
+        return torch.get_num_threads()
+
+    def run(cpus: int) -> int:
+        pinned = {"env_vars": {"OMP_NUM_THREADS": "1"}}
+        return ray.get(threads_of_a_classifier.options(runtime_env=pinned, num_cpus=cpus).remote())
+
+    assert run(2) == min(2, available_cpus())
+    assert run(1) == 1

@@ -76,12 +76,15 @@ class Classifier:
     ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from raydistill.training.devices import resolve_device
+        from raydistill.training.devices import resolve_device, use_assigned_cpu_threads
         from raydistill.training.pooled_classifier import register
 
         register()  # mean-pooled checkpoints load without trust_remote_code
         self.model_dir = str(model_dir)
         self.device = resolve_device(device)
+        if self.device == "cpu":
+            # A Ray Data actor's CPU share (teacher.num_cpus) is its thread count.
+            use_assigned_cpu_threads()
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         # safetensors only: a pickled checkpoint (pytorch_model.bin) is refused, not unpickled.
         self.model = AutoModelForSequenceClassification.from_pretrained(

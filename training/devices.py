@@ -202,6 +202,23 @@ def threads_for_assigned_cpus() -> int:
     return threads_for_cpus(assigned_cpus(), available_cpus())
 
 
+def use_assigned_cpu_threads() -> int | None:
+    """In a Ray worker, run torch on as many threads as CPUs Ray assigned it; returns the
+    count (None outside a worker: nothing is changed).
+
+    Ray sets OMP_NUM_THREADS to an actor's CPUs only when the variable is unset, and a
+    cluster image that exports OMP_NUM_THREADS=1 would pin a 4-CPU teacher stage to one
+    thread; setting it from the assignment makes `teacher.num_cpus` mean what it says.
+    """
+    if _ray_mode() != "worker":
+        return None
+    import torch
+
+    n = threads_for_assigned_cpus()
+    torch.set_num_threads(n)
+    return n
+
+
 def resolve_device(device: str | None) -> str:
     """`device` when given, else `assigned_device()`: what model wrappers call."""
     return device or assigned_device()
