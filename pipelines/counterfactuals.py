@@ -431,6 +431,13 @@ def generate_counterfactuals(
     from raydistill.pipelines.generation_rounds import rewrite_rounds, swap_rounds
 
     if gen.strategy == "swap":
+        if progress:
+            # Before the first round the teacher scores every word's removal: on IMDB
+            # reviews (200 words x 256 tokens each) minutes with nothing else to show.
+            progress(
+                f"ranking the words of {len(pending)} seeds by the teacher's occlusion drop "
+                f"(one teacher forward per word, teacher.num_cpus={teacher_num_cpus:g})"
+            )
         rounds = swap_rounds(pending, spec, llm, gen, verifier, class_words)
     elif gen.strategy == "rewrite":
         rounds = rewrite_rounds(pending, spec, llm, gen, verifier, class_words)
