@@ -17,7 +17,7 @@ import json
 from collections import Counter
 from typing import Any
 
-from raydistill.pipelines.counterfactuals import FlipVerifier
+from raydistill.pipelines.flip_verifier import FlipVerifier
 from raydistill.pipelines.prompts import counterfactual_messages
 
 
