@@ -203,13 +203,19 @@ def signature(cfg: RunConfig, prep: Prepared) -> str:
 
     # A round's students depend on the generation settings and the generator, not on how
     # many rounds may follow: growing max_rounds or patience resumes, it does not retrain.
-    gen = {k: v for k, v in vars(cfg.method).items() if k not in ("max_rounds", "patience")}
+    # `ner_name_checks` enters below, for NER only, so other tasks keep their signature.
+    skip = ("max_rounds", "patience", "ner_name_checks")
+    gen = {k: v for k, v in vars(cfg.method).items() if k not in skip}
     pool = {k: getattr(cfg.pool, k) for k in ("backend", "model", "url")}
     extra: dict[str, Any] = {"weakness": gen, "generator": pool, "version": "weakness-v1"}
     if prep.spec.kind == "token_classification":
         # NER samples since the entity-type enum in the JSON schema: other generations,
         # so other students (classification and summary schemas did not change).
         extra["schema"] = "ner-type-enum"
+        if cfg.method.ner_name_checks:
+            # Capitalised entities that agree with the seed's labels: other accepted
+            # samples than before the checks, so other students (off: the old ones).
+            extra["ner_checks"] = "names-v1"
     if prep.spec.kind == "seq2seq":
         # Summaries that echo the prompt's instruction are refused since, and overlap is
         # counted in content words since: other accepted samples, so other students.
@@ -358,6 +364,7 @@ def generate_round(cfg, prep, loops, rnd, students, llm, root) -> None:
         top_p=m.top_p,
         max_new_tokens=m.max_new_tokens,
         max_seed_chars=m.max_seed_chars,
+        ner_name_checks=m.ner_name_checks,
     )
     teacher_check(cfg, prep, [c for cands, _ in generated for c in cands])
     shared_s = (time.perf_counter() - t0) / max(1, len(plans))

@@ -98,9 +98,15 @@ def _sample_id(parent: str, rnd: int, arm: str, j: int, body: str) -> str:
 
 
 def build_candidate(
-    sample: dict[str, Any], seed: Row, spec: Any, min_overlap: float = 0.2
+    sample: dict[str, Any],
+    seed: Row,
+    spec: Any,
+    min_overlap: float = 0.2,
+    *,
+    ner_name_checks: bool = False,
 ) -> tuple[Row | None, str]:
-    """A parsed answer → a row of the task's schema (labels from the seed), or a reason."""
+    """A parsed answer → a row of the task's schema (labels from the seed), or a reason.
+    `ner_name_checks`: `augment_verify.ner_sample`'s name checks against this seed."""
     if spec.kind == "classification":
         if is_copy(sample["text"], seed["text"]):
             return None, R_COPY
@@ -111,7 +117,13 @@ def build_candidate(
     if spec.kind == "token_classification":
         if is_copy(sample["text"], seed["text"]):
             return None, R_COPY
-        got, why = ner_sample(sample["text"], sample["entities"], entity_types(spec.label_names))
+        got, why = ner_sample(
+            sample["text"],
+            sample["entities"],
+            entity_types(spec.label_names),
+            name_checks=ner_name_checks,
+            seed_entities=seed_entities(seed) if ner_name_checks else None,
+        )
         if got is None:
             return None, why
         return {
@@ -159,6 +171,7 @@ def generate_many(
     top_p: float,
     max_new_tokens: int,
     max_seed_chars: int,
+    ner_name_checks: bool = False,
 ) -> list[tuple[list[Row], AugmentStats]]:
     """Every request's candidates and stats, with as few LLM calls as possible.
 
@@ -202,7 +215,15 @@ def generate_many(
         for i in group:
             r = requests[i]
             mine = [a for a in answered if a["request"] == i]
-            out[i] = collect_candidates(mine, r.seeds, spec, rnd=r.rnd, arm=r.arm, per_seed=n)
+            out[i] = collect_candidates(
+                mine,
+                r.seeds,
+                spec,
+                rnd=r.rnd,
+                arm=r.arm,
+                per_seed=n,
+                ner_name_checks=ner_name_checks,
+            )
         sent = sum(out[i][1].sent_generated_tokens for i in group)
         for i in group:
             st = out[i][1]
@@ -243,7 +264,14 @@ def generate_candidates(
 
 
 def collect_candidates(
-    answered: list[Row], seeds: list[Row], spec: Any, *, rnd: int, arm: str, per_seed: int
+    answered: list[Row],
+    seeds: list[Row],
+    spec: Any,
+    *,
+    rnd: int,
+    arm: str,
+    per_seed: int,
+    ner_name_checks: bool = False,
 ) -> tuple[list[Row], AugmentStats]:
     """The chat answers for `seeds` → candidates with lineage, and their stats."""
     stats = AugmentStats()
@@ -283,7 +311,7 @@ def collect_candidates(
             row: Row | None = None
             if sample is not None:
                 stats.parsed += 1
-                row, why = build_candidate(sample, seed, spec)
+                row, why = build_candidate(sample, seed, spec, ner_name_checks=ner_name_checks)
             sid = _sample_id(seed["id"], rnd, arm, j, str(raw))
             if row is None:
                 stats.reject(why)
