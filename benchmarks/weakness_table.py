@@ -198,6 +198,9 @@ def render(tables: dict[str, dict], commands: dict[str, str], wall: dict[str, fl
             arm = r["loop"].split("-k")[0]
             for key in ("asked", "parsed", "label_verified", "accepted", "generated_tokens"):
                 gen[arm][key] += int(r.get(key) or 0)
+            # Reports from before the request cache counted every token as sent.
+            sent = r.get("sent_generated_tokens", r.get("generated_tokens"))
+            gen[arm]["sent_generated_tokens"] += int(sent or 0)
             gen[arm]["seconds"] += float(r.get("seconds") or 0)
             for reason, n in r.get("rejects", {}).items():
                 gen[arm]["reject:" + reason] += n
@@ -207,13 +210,24 @@ def render(tables: dict[str, dict], commands: dict[str, str], wall: dict[str, fl
                 rej = ", ".join(
                     f"{k[7:]} {v}" for k, v in sorted(c.items()) if k.startswith("reject:")
                 )
-                rate = c["generated_tokens"] / c["seconds"] if c["seconds"] else float("nan")
-                lines.append(
+                head = (
                     f"- {arm}: asked {c['asked']}, parsed {c['parsed']}, label verified "
                     f"{c['label_verified']}, accepted {c['accepted']}; rejects: {rej or 'none'}; "
-                    f"{c['generated_tokens']} tokens in {c['seconds']:.0f} s of round "
+                )
+                sent, cached = (
+                    c["sent_generated_tokens"],
+                    c["generated_tokens"] - c["sent_generated_tokens"],
+                )
+                if not sent:
+                    # Answers replayed from the request cache: no pool rate to report.
+                    lines.append(head + f"{cached} tokens, all answered from the request cache")
+                    continue
+                rate = sent / c["seconds"] if c["seconds"] else float("nan")
+                lines.append(
+                    head + f"{sent} tokens generated in {c['seconds']:.0f} s of round "
                     f"generation = {rate:.0f} tok/s (scoring, verification and selection "
                     "included: a lower bound on the pool's rate)"
+                    + (f"; {cached} more answered from the request cache" if cached else "")
                 )
         lines.append("")
     return "\n".join(lines)

@@ -215,7 +215,8 @@ def signature(cfg: RunConfig, prep: Prepared) -> str:
         if cfg.method.ner_name_checks:
             # Capitalised entities that agree with the seed's labels: other accepted
             # samples than before the checks, so other students (off: the old ones).
-            extra["ner_checks"] = "names-v1"
+            # v2: lower-case occurrences of a stated name are not tagged.
+            extra["ner_checks"] = "names-v2"
     if prep.spec.kind == "seq2seq":
         # Summaries that echo the prompt's instruction are refused since, and overlap is
         # counted in content words since: other accepted samples, so other students.

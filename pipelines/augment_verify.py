@@ -114,7 +114,8 @@ def ner_sample(
     types is `conflicting_types`; a type outside the task's is `wrong_type`.
 
     `name_checks` (the weakness loop's default, for cased text): a text with no word is
-    `no_words`, a stated entity without a capital letter `entity_not_a_name`, and, given
+    `no_words`, a stated entity without a capital letter `entity_not_a_name` (and its
+    lower-case occurrences in the text stay untagged: matching ignores case), and, given
     the seed's (surface, type) pairs as `seed_entities`, a sample that reuses a seed
     entity with another type is `contradicts_seed` and one that writes a seed entity
     (same case) untagged is `seed_entity_untagged`. Off, the checks are the ones before.
@@ -146,16 +147,19 @@ def ner_sample(
         hits = _find_all(tokens, needle)
         if not hits:
             return None, R_ENTITY_ABSENT
-        placed = 0
+        placed = lower = 0
         for i in hits:
             if any(taken[i : i + len(needle)]):
+                continue
+            if name_checks and not any(c.isupper() for t in tokens[i : i + len(needle)] for c in t):
+                lower += 1  # the stated "Companies" is a name; "companies" in the text is not
                 continue
             for j in range(i, i + len(needle)):
                 taken[j] = True
             spans.append((by_surface[key], i, i + len(needle)))
             placed += 1
         if not placed:
-            return None, R_OVERLAPPING
+            return None, R_NOT_A_NAME if lower else R_OVERLAPPING
     # Case-sensitive: the seed's "US" in a sentence is a name, "us" is not.
     for seed_toks, _ in gazetteer.values():
         n = len(seed_toks)

@@ -238,6 +238,27 @@ def test_weakness_targets_are_computed_per_seed_and_can_be_missed():
         assert abs(pool["value"] - rate / ref) < 1e-9 and pool["met"] is met
 
 
+def test_weakness_generation_rate_counts_only_tokens_the_pool_generated():
+    """A rerun answered from the request cache once reported 1,538 tok/s for a 38 tok/s
+    pool: cached answers are counted apart and never enter the rate."""
+    from benchmarks.weakness_table import render
+
+    def md(generated: int, sent: int | None) -> str:
+        rep = _weakness_report()
+        rnd = {**rep["rounds"][0], "generated_tokens": generated, "seconds": 10.0}
+        if sent is not None:
+            rnd["sent_generated_tokens"] = sent
+        return render({"sst2": {**rep, "rounds": [rnd]}}, {"sst2": "c"}, {"sst2": 1.0})
+
+    assert "500 tokens, all answered from the request cache" in md(500, 0)
+    assert "tok/s" not in md(500, 0).split("Generation over")[1]
+    mixed = md(500, 200)
+    assert "200 tokens generated in 10 s of round generation = 20 tok/s" in mixed
+    assert "300 more answered from the request cache" in mixed
+    # Older reports (no sent count) generated every token they counted.
+    assert "500 tokens generated in 10 s of round generation = 50 tok/s" in md(500, None)
+
+
 def test_fault_runner_keeps_verdicts_and_fault_figures():
     from benchmarks.faults import parse, render
 

@@ -38,6 +38,8 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
          R_CONTRADICTS_SEED),
         ("Germany beat France 2-0 .", [("France", "LOC")], [("Germany", "LOC")],
          R_SEED_ENTITY_UNTAGGED),
+        # stated with a capital, found only in lower case
+        ("Most companies agreed .", [("Companies", "ORG")], [], R_NOT_A_NAME),
     ],
 )  # fmt: skip
 def test_name_checks_reject_by_reason_and_are_off_by_default(text, ents, seed_ents, reason):
@@ -61,6 +63,17 @@ def test_name_checks_accept_what_agrees_with_the_seed():
     )
     assert why == ""
     assert got["spans"] == [("LOC", 4, 6), ("ORG", 7, 8), ("LOC", 10, 11)]
+    # Matching ignores case (a headline's "CHINA" is "China"), but with the name checks a
+    # lower-case occurrence of a stated name stays untagged.
+    got, why = ner_sample(
+        "Companies said 27 percent of companies agreed .",
+        [("Companies", "ORG")],
+        TYPES,
+        name_checks=True,
+    )
+    assert why == "" and got["spans"] == [("ORG", 0, 1)]
+    got, why = ner_sample("CHINA WINS .", [("China", "LOC")], TYPES, name_checks=True)
+    assert why == "" and got["spans"] == [("LOC", 0, 1)]
     # A sentence without names is fine when no seed entity is written in it.
     got, why = ner_sample("It rained all day .", [], TYPES, name_checks=True, seed_entities=seed)
     assert why == "" and set(got["tags"]) == {"O"}
