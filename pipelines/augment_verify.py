@@ -78,10 +78,19 @@ def is_copy(text: str, seed_text: str, threshold: float = 0.9) -> bool:
     return jaccard(text, seed_text) >= threshold
 
 
-def _find_all(tokens: list[str], needle: list[str]) -> list[int]:
-    n, low = len(needle), [t.lower() for t in tokens]
-    nd = [t.lower() for t in needle]
-    return [i for i in range(len(tokens) - n + 1) if low[i : i + n] == nd]
+def _find_all(tokens: list[str], needle: list[str], case_sensitive: bool = False) -> list[int]:
+    fold = (lambda t: t) if case_sensitive else str.lower
+    hay, nd = [fold(t) for t in tokens], [fold(t) for t in needle]
+    return [i for i in range(len(tokens) - len(nd) + 1) if hay[i : i + len(nd)] == nd]
+
+
+def _surface_key(surface: str) -> str:
+    """An entity's identity: its tokens, lower-cased (a headline's "CHINA" is "China")."""
+    return " ".join(tokenize(surface)).lower()
+
+
+def _has_capital(tokens: list[str] | str) -> bool:
+    return any(c.isupper() for t in tokens for c in t)
 
 
 def _seed_gazetteer(seed_entities: list[tuple[str, str]]) -> dict[str, tuple[list[str], str]]:
@@ -90,10 +99,9 @@ def _seed_gazetteer(seed_entities: list[tuple[str, str]]) -> dict[str, tuple[lis
     types: dict[str, set[str]] = {}
     surface: dict[str, list[str]] = {}
     for text, typ in seed_entities:
-        toks = tokenize(text)
-        key = " ".join(toks).lower()
+        key = _surface_key(text)
         types.setdefault(key, set()).add(typ.upper())
-        surface.setdefault(key, toks)
+        surface.setdefault(key, tokenize(text))
     return {k: (surface[k], next(iter(t))) for k, t in types.items() if len(t) == 1 and k}
 
 
@@ -131,9 +139,9 @@ def ner_sample(
         t = typ.upper()
         if t not in known:
             return None, R_WRONG_TYPE
-        if name_checks and not any(c.isupper() for c in surface):
+        if name_checks and not _has_capital(surface):
             return None, R_NOT_A_NAME
-        key = " ".join(tokenize(surface)).lower()
+        key = _surface_key(surface)
         if by_surface.get(key, t) != t:
             return None, R_CONFLICTING
         by_surface[key] = t
@@ -151,7 +159,7 @@ def ner_sample(
         for i in hits:
             if any(taken[i : i + len(needle)]):
                 continue
-            if name_checks and not any(c.isupper() for t in tokens[i : i + len(needle)] for c in t):
+            if name_checks and not _has_capital(tokens[i : i + len(needle)]):
                 lower += 1  # the stated "Companies" is a name; "companies" in the text is not
                 continue
             for j in range(i, i + len(needle)):
@@ -162,9 +170,8 @@ def ner_sample(
             return None, R_NOT_A_NAME if lower else R_OVERLAPPING
     # Case-sensitive: the seed's "US" in a sentence is a name, "us" is not.
     for seed_toks, _ in gazetteer.values():
-        n = len(seed_toks)
-        for i in range(len(tokens) - n + 1):
-            if tokens[i : i + n] == seed_toks and not any(taken[i : i + n]):
+        for i in _find_all(tokens, seed_toks, case_sensitive=True):
+            if not any(taken[i : i + len(seed_toks)]):
                 return None, R_SEED_ENTITY_UNTAGGED
     spans.sort(key=lambda s: s[1])
     return {"tokens": tokens, "tags": spans_to_tags(spans, len(tokens)), "spans": spans}, ""

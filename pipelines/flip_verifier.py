@@ -26,8 +26,6 @@ from raydistill.pipelines.counterfactual_checks import (
     pair_inputs,
     split_pair_reply,
 )
-from raydistill.pipelines.counterfactual_records import load_records as load_records
-from raydistill.pipelines.counterfactual_records import save_records as save_records
 from raydistill.pipelines.edits import word_edit_distance
 from raydistill.pipelines.fluency import REJECT_NOT_FLUENT
 from raydistill.pipelines.prompts import splice, split_for_prompt
