@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         + shlex.join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": machine(),
+        # The pool rows compare only with runs of this same model (benchmarks.weakness_table).
+        "model": args.model,
         "quick": quick,
         "notes": [],
     }

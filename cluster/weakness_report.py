@@ -200,6 +200,10 @@ def write_report(
         # Generated tokens the pool produced for this run ÷ seconds inside the LLM calls
         # (None when every answer came from the request cache).
         "pool_tokens_per_s": pool_rate,
+        # Since 2026-12-07 the LLM seconds leave out a pool start inside the call.
+        "pool_rate_excludes_start": True,
+        # Which LLM wrote the samples: a pool rate compares only with the same model's.
+        "generator": {"backend": cfg.pool.backend, "model": cfg.pool.model},
         "results": [r for st in loops.values() for r in st["history"]],
         "teacher": teacher_info,
         "timings": timings,

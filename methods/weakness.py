@@ -194,6 +194,9 @@ def _result_row(job: Any, metrics: dict[str, Any]) -> dict[str, Any]:
         "test_score": score,
         "dev_score": metrics["dev_accuracy"],
         "train_s": metrics["train_s"],
+        # The optimizer steps' share of train_s (the rest: model build, dev and test
+        # evaluation), so a report can say where a student's time went.
+        **{k: metrics[k] for k in ("step_s", "steps") if k in metrics},
         **{k: v for k, v in metrics.items() if k in ("accuracy", "entity_f1", "rougeL")},
     }
 

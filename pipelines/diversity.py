@@ -100,7 +100,14 @@ def embed(texts: Sequence[str], model_dir: str, batch_size: int = 64) -> np.ndar
     if not texts:
         return np.zeros((0, 1))
     enc = _encoder(str(model_dir))
+    # No tqdm bars: the stage's console line reports progress, and bars written to a
+    # `ray job submit` log or CI output are only noise.
     return np.asarray(
-        enc.encode(list(texts), batch_size=batch_size, normalize_embeddings=True),
+        enc.encode(
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        ),
         dtype=np.float32,
     )

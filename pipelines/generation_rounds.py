@@ -23,6 +23,8 @@ from raydistill.pipelines.prompts import counterfactual_messages
 
 def _verify(ds: Any, verifier: dict[str, Any], expected: int, rnd: int) -> list[dict[str, Any]]:
     """Rows with `candidates` → teacher-verified rows (one Ray Data stage), all of them."""
+    import ray
+
     from raydistill.pipelines.swaps import edited_noun
 
     spec, gen = verifier["spec"], verifier["gen"]
@@ -45,7 +47,7 @@ def _verify(ds: Any, verifier: dict[str, Any], expected: int, rnd: int) -> list[
         ),
         batch_size=64,
         batch_format="numpy",
-        concurrency=1,
+        compute=ray.data.ActorPoolStrategy(size=1),  # one actor: one model copy
         # teacher.num_gpus: the verifier's classifier runs on the GPU Ray assigns it.
         num_cpus=float(verifier.get("teacher_num_cpus", 1.0)),
         num_gpus=float(verifier.get("teacher_num_gpus") or 0.0),
@@ -145,7 +147,7 @@ def swap_rounds(pending, spec, llm, gen, verifier, class_words=None):
             ),
             batch_size=16,
             batch_format="numpy",
-            concurrency=1,
+            compute=ray.data.ActorPoolStrategy(size=1),  # one actor: one model copy
             num_cpus=float(verifier.get("teacher_num_cpus", 1.0)),
             num_gpus=float(verifier.get("teacher_num_gpus") or 0.0),
         )

@@ -119,6 +119,9 @@ class LLMStats:
     cached_generated_tokens: int = 0  # tokens of cache hits: generated once, not again
     resent: int = 0  # failed requests sent again in recovery rounds
     recovery_rounds: int = 0
+    # Seconds a call spent starting its deferred pool (the first uncached request): a
+    # rate over a call's seconds subtracts them, or a round's pool rate counts start-up.
+    pool_start_s: float = 0.0
 
     @property
     def failed_rows(self) -> int:
@@ -152,6 +155,7 @@ class LLMStats:
         d = dataclasses.asdict(self)
         d["errors"] = dict(sorted(self.errors.items()))
         d["failed_rows"] = self.failed_rows
+        d["pool_start_s"] = round(self.pool_start_s, 2)
         return d
 
 
@@ -269,7 +273,13 @@ class LLMClient:
     def endpoint(self) -> Any:
         """Where requests go; a `DeferredEndpoint` starts its pool here, on first use."""
         if isinstance(self._endpoint, DeferredEndpoint):
-            return self._endpoint.resolve()
+            if self._endpoint.started:
+                return self._endpoint.resolve()
+            t0 = time.perf_counter()
+            try:
+                return self._endpoint.resolve()
+            finally:
+                self.stats.pool_start_s += time.perf_counter() - t0
         return self._endpoint
 
     @classmethod

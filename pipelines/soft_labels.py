@@ -69,7 +69,7 @@ def annotate_rows(
         ),
         batch_size=batch_size,
         batch_format="numpy",
-        concurrency=1,
+        compute=ray.data.ActorPoolStrategy(size=1),  # one actor: one model copy
         num_cpus=num_cpus,
         num_gpus=float(num_gpus),
     )

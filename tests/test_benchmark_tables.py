@@ -230,12 +230,62 @@ def test_weakness_targets_are_computed_per_seed_and_can_be_missed():
     # The pool's rate while generating, against the committed standalone figure.
     from benchmarks.weakness_table import standalone_pool_rate
 
-    ref, _ = standalone_pool_rate(64)
-    assert 100 < ref < 1000
+    ref, _, model = standalone_pool_rate(64)
+    assert 100 < ref < 1000 and model == "smollm2-135m-instruct"
     for rate, met in ((0.5 * ref, False), (0.9 * ref, True)):
         rep = {**_weakness_report("token_classification"), "pool_tokens_per_s": rate}
         (pool,) = [x for x in targets(rep) if x["target"].startswith("pool rate")]
         assert abs(pool["value"] - rate / ref) < 1e-9 and pool["met"] is met
+    # Another generator's rate is not compared with SmolLM2's pool: not measured, not met.
+    rep = {
+        **_weakness_report("token_classification"),
+        "pool_tokens_per_s": 2 * ref,
+        "generator": {"backend": "vllm", "model": "qwen2.5-coder-0.5b-instruct"},
+    }
+    (pool,) = [x for x in targets(rep) if x["target"].startswith("pool rate")]
+    assert pool["value"] is None and not pool["met"] and "qwen2.5" in pool["target"]
+    md = render({"conll": rep}, {"conll": "c"}, {"conll": 1.0})
+    assert (
+        "this run's generator is qwen2.5-coder-0.5b-instruct) | – | ≥ 0.80 | not measured |" in md
+    )
+
+
+def test_throughput_model_is_read_from_the_result_or_its_command():
+    from benchmarks.weakness_table import measured_model
+
+    assert measured_model({"model": "m1", "command": "x --model m2"}) == "m1"
+    assert measured_model({"command": "python -m benchmarks.throughput --model m2 --quick"}) == "m2"
+    assert measured_model({"command": "python -m benchmarks.throughput"}) == "smollm2-135m-instruct"
+
+
+def test_round_rate_render_and_ratios_from_hand_made_runs():
+    from benchmarks.round_rate import mean_rate, render
+
+    def run(workload: str, trial: int, rate: float) -> dict:
+        return {
+            "workload": workload, "trial": trial, "rows": 48, "n": 4, "max_tokens": 64,
+            "schema": "no JSON" not in workload, "generated_tokens": int(rate * 10),
+            "tokens_per_sequence": 20.0, "failed_rows": 0, "seconds": 10.0,
+            "tokens_per_s": rate,
+        }  # fmt: skip
+
+    res = {
+        "command": "python -m benchmarks.round_rate", "date": "d", "machine": {"cpus": 2},
+        "task": "sst2", "model": "m", "backend": "vllm", "pool_batch_size": 64, "loops": 3,
+        "per_seed": 4, "startup_s": 50.0,
+        "runs": [
+            run("round, pool just started", 0, 80.0),
+            run("round, warm", 1, 150.0),
+            run("round, warm", 2, 170.0),
+            run("round, warm, no JSON schema", 1, 200.0),
+            run("CoD reference (throughput.json's workload), warm", 1, 190.0),
+        ],
+    }  # fmt: skip
+    assert mean_rate(res, "round, warm") == 160.0 and mean_rate(res, "nothing") is None
+    md = render(res)
+    assert "| round on a just-started pool / the same round warm | 0.50 |" in md
+    assert "| round warm with schema / without | 0.80 |" in md
+    assert "| round, pool just started | 0 | 48 × 4 | 64 | yes | 800 | 20.0 | 10.0 | 80.0 |" in md
 
 
 def test_weakness_generation_rate_counts_only_tokens_the_pool_generated():
@@ -394,3 +444,51 @@ def test_fluency_cross_marks_self_scoring_and_dashes_missing_cells():
         "-0.381 (self) (64% below; OOV 36%; n=22) |"
     )
     assert gemma == "| gemma3-270m | -1.069 (self) (79% below; OOV 10%; n=29) | – |"
+
+
+def test_round_rate_sends_what_a_round_sends_on_fresh_rows_per_trial():
+    """The benchmark's prompts are the recipe's generation prompts, `loops` × seeds per
+    round of them, on training rows no other trial uses (a warm call must not reuse a
+    cold call's prompt prefixes)."""
+    from benchmarks.round_rate import ROOT, round_rows
+    from raydistill.config import load_config
+    from raydistill.pipelines.augment import messages_for
+    from raydistill.pipelines.datasets import load_split
+    from raydistill.pipelines.llm_stage import SEED_COLUMN
+    from raydistill.pipelines.tasks import spec_for
+
+    cfg = load_config(ROOT / "recipes" / "sst2-weakness.yaml", [])
+    spec, train = spec_for(cfg.data), load_split(cfg.data, "train")
+    trials = [round_rows(cfg, train, spec, 3, t) for t in range(3)]
+    assert all(len(rows) == 3 * cfg.method.seeds_per_round for rows in trials)
+    texts = [str(r["messages"]) for rows in trials for r in rows]
+    assert len(set(texts)) == len(texts)
+    seeds = [r[SEED_COLUMN] for rows in trials for r in rows]
+    assert len(set(seeds)) == len(seeds)
+    first = trials[0][0]["messages"]
+    assert any(first == messages_for(r, spec, cfg.method.max_seed_chars) for r in train)
+
+
+def test_pool_rate_of_an_older_report_leaves_out_the_pool_start_up():
+    """Reports before 2026-12-07 counted each round's pool start (inside its first call)
+    as generation; the table takes the recorded start-up seconds out, and leaves a report
+    that already excludes it as it is."""
+    from benchmarks.weakness_table import pool_rate, targets
+
+    rounds = [
+        {**_weakness_report()["rounds"][0], "sent_generated_tokens": 1000, "llm_s": 15.0},
+        {**_weakness_report()["rounds"][0], "sent_generated_tokens": 1000, "llm_s": 15.0},
+    ]
+    old = {
+        **_weakness_report(),
+        "rounds": rounds,
+        "pool_tokens_per_s": 2000 / 30.0,
+        "timings": {"pool_startup_s": 20.0},
+    }
+    rate, note = pool_rate(old)
+    assert rate == 200.0 and "67 tok/s as reported" in note and "20 s of pool start-up" in note
+    (row,) = [t for t in targets(old) if t["target"].startswith("pool rate")]
+    assert "start-up taken out" in row["target"]
+    new = {**old, "pool_rate_excludes_start": True}
+    assert pool_rate(new) == (2000 / 30.0, "")
+    assert pool_rate({**old, "timings": {}}) == (2000 / 30.0, "")

@@ -178,6 +178,27 @@ def test_near_duplicates_keep_the_first_of_a_pair():
     assert near_duplicates(texts[2:], reference=texts[2:]) == [True]
 
 
+def test_embed_uses_the_real_model_quietly(capfd, caplog):
+    """MiniLM embeddings are unit vectors that put paraphrases closer than unrelated text,
+    and no tqdm bar reaches the job's log (the stage's console line is the progress) even
+    with INFO logging, as a job's driver log has it (sentence-transformers shows its bar
+    by default at INFO)."""
+    import logging
+
+    from raydistill.pipelines.diversity import embed
+    from raydistill.registry import resolve_model
+
+    caplog.set_level(logging.INFO, logger="sentence_transformers")
+    e = embed(
+        ["a warm, funny film", "a funny and warm movie", "stocks fell sharply today"],
+        resolve_model("all-minilm-l6-v2"),
+    )
+    assert e.shape == (3, 384) and np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-4)
+    assert e[0] @ e[1] > e[0] @ e[2] + 0.2
+    err = capfd.readouterr().err
+    assert "Batches" not in err  # the encode bar (model loading has its own)
+
+
 def test_plateau_stops_after_patience_rounds_and_keeps_the_best():
     from raydistill.methods.weakness import plateau_step
 
@@ -270,6 +291,10 @@ def test_weakness_loop_end_to_end_and_resume(ray_session, data_dir, tmp_path):
         loop_acc = [c for c in accepted if c["arm"] == "loop" and c["round"] == 1]
         assert res[("loop", 1)]["train_size"] == 8 + len(loop_acc)
         assert res[("loop", 1)]["generated"] == len(loop_acc)
+        # Where a student's time went, and which LLM wrote the samples.
+        assert 0 < res[("loop", 1)]["step_s"] < res[("loop", 1)]["train_s"]
+        assert res[("loop", 1)]["steps"] > 0
+        assert report["generator"] == {"backend": "openai", "model": "scripted"}
         # The human arm trains on as many human labels as the loop arm generated.
         assert res[("human", 1)]["train_size"] == res[("loop", 1)]["train_size"]
         ckpt = json.loads((out / "results.jsonl").read_text().splitlines()[-1])["checkpoint"]
