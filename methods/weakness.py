@@ -393,6 +393,15 @@ def generate_round(cfg, prep, loops, rnd, students, llm, root) -> None:
         _write_json(root / f"{arm_name}-k{k}-s{seed}" / f"round_{rnd}.json", record)
 
 
+def reused_row(prev: dict[str, Any], arm: str, rnd: int) -> dict[str, Any]:
+    """Round `rnd`'s result for a loop whose training set did not change: the previous
+    round's student and scores under this round's name, with no training time. Its dev
+    score ties the previous one, so the plateau rule counts the round as no gain."""
+    row = {k: v for k, v in prev.items() if k not in ("step_s", "steps")}
+    name = job_name(arm, prev["k"], prev["seed"], rnd)
+    return {**row, "job": name, "arm": arm, "round": rnd, "train_s": 0.0, "reused": prev["job"]}
+
+
 def plateau_step(state: dict[str, Any], dev_score: float, rnd: int, patience: int) -> None:
     """Record round `rnd`'s dev score: a strict gain becomes the kept round; `patience`
     rounds in a row without one stop the loop (ties are not gains: a round that only
@@ -454,6 +463,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         r0 = by_job[job_name(a, k, s, 0)]
         st["history"].append(r0)
         st["best"] = (r0["dev_score"], 0)
+        st["train_ids"] = list(prep.kshot[(k, s)])
         students[(a, k, s)] = r0["checkpoint"]
     rounds_done = 0
     for rnd in range(1, m.max_rounds + 1):
@@ -471,7 +481,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
             with sw.stage("generate"), stages.generator(cfg) as (llm, startup):
                 generate_round(cfg, prep, todo, rnd, students, llm, root)
             sw.t["pool_startup_s"] = round(sw.t.get("pool_startup_s", 0) + startup.seconds, 1)
-        jobs = []
+        jobs, reused = [], {}
         for (a, k, s), st in active.items():
             base = [prep.rows[i] for i in prep.kshot[(k, s)]]
             if ARMS[a].human:
@@ -484,18 +494,19 @@ def run(cfg: RunConfig) -> dict[str, Any]:
                 new = [c for c in rec["candidates"] if c["verdict"] == "accepted"]
                 st["generated"] = st["generated"] + [_task_row(c) for c in new]
                 extra, gen = [], st["generated"]
+            rows = base + extra + gen
+            ids = [r["id"] for r in rows]
+            if ids == st["train_ids"]:
+                # Nothing accepted this round: the same rows would train the same student
+                # (one BBC headline round spent 6 min on two such students).
+                reused[job_name(a, k, s, rnd)] = reused_row(st["history"][-1], a, rnd)
+                continue
+            st["train_ids"] = ids
             jobs.append(
-                _job(
-                    cfg,
-                    prep,
-                    job_name(a, k, s, rnd),
-                    base + extra + gen,
-                    meta(a, k, s, rnd, len(gen)),
-                    refs,
-                )
+                _job(cfg, prep, job_name(a, k, s, rnd), rows, meta(a, k, s, rnd, len(gen)), refs)
             )
-        results = stages.train_stage(cfg, jobs, sig, _result_row, sw)
-        by_job = {r["job"]: r for r in results}
+        results = stages.train_stage(cfg, jobs, sig, _result_row, sw) if jobs else []
+        by_job = {**reused, **{r["job"]: r for r in results}}
         for (a, k, s), st in active.items():
             row = by_job[job_name(a, k, s, rnd)]
             st["history"].append(row)

@@ -305,13 +305,16 @@ def test_weakness_loop_end_to_end_and_resume(ray_session, data_dir, tmp_path):
         assert "train" not in again["timings"], "a rerun retrained students"
         assert again["summary"] == report["summary"]
 
-        # An interrupted last round: the driver died after the loop arm's round-2
-        # samples were written, before nodiv's were and before any round-2 student
-        # finished (its ledger line torn mid-write). The rerun keeps the loop arm's file
-        # as it is, writes nodiv's again from the request cache, retrains exactly the
-        # round-2 students, and ends where the uninterrupted run ended.
-        last = max(r["round"] for r in report["results"])
-        assert last >= 2, "the smoke loop stopped before a second round"
+        # An interrupted round: the driver died after the loop arm's samples of that
+        # round were written, before nodiv's were and before any of its students
+        # finished (a ledger line torn mid-write). The rerun keeps the loop arm's file
+        # as it is, writes nodiv's again from the request cache, retrains exactly that
+        # round's students, and ends where the uninterrupted run ended.
+        assert max(r["round"] for r in report["results"]) >= 2, "the loop stopped early"
+        # A round whose loops accepted nothing trains no student (its rows are `reused`,
+        # with no ledger line): the interruption hits the last round that trained.
+        last = max(r["round"] for r in report["results"] if "reused" not in r)
+        assert last >= 1
         ledger = out / "results.jsonl"
         lines = ledger.read_text().splitlines()
         keep = [ln for ln in lines if json.loads(ln).get("round") != last]
@@ -343,6 +346,52 @@ def test_weakness_loop_end_to_end_and_resume(ray_session, data_dir, tmp_path):
                     assert va == pytest.approx(b[key], abs=0.02), key
                 else:
                     assert va == b[key], key
+
+
+@pytest.mark.ray
+def test_a_round_that_accepts_nothing_trains_no_student(ray_session, data_dir, tmp_path):
+    """Every answer is broken: round 1 adds no row to any loop, so no student is trained
+    again (the same rows would make the same student); the rounds still count, their
+    rejects are recorded by reason, and the plateau rule stops the loop on the ties."""
+    from scripted_llm import ScriptedLLM, completion
+
+    from raydistill.config import load_config
+    from raydistill.methods.weakness import run
+
+    def broken(payload):
+        return 200, completion(['{"text": "cut off'] * int(payload.get("n") or 1))
+
+    with ScriptedLLM(broken) as llm:
+        cfg = load_config(
+            "recipes/smoke-weakness.yaml",
+            [
+                f"out_dir={tmp_path / 'out'}",
+                f"cache_dir={tmp_path / 'cache'}",
+                "data.teacher_train_rows=600",
+                "teacher.epochs=1",
+                "experiment.arms=[loop, human]",
+                "method.patience=1",
+                "pool.backend=openai",
+                f"pool.url={llm.base_url}",
+                "pool.model=scripted",
+            ],
+        )
+        report = run(cfg)
+        assert llm.count > 0
+    ledger = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [r["job"] for r in ledger] == ["fewshot-k8-s0-r0"]
+    assert "train" in report["timings"]  # round 0 trained; nothing after it
+    res = {(r["arm"], r["round"]): r for r in report["results"]}
+    few = res[("fewshot", 0)]
+    for arm in ("loop", "human"):
+        row = res[(arm, 1)]
+        assert row["reused"] == "fewshot-k8-s0-r0" and row["train_s"] == 0.0
+        assert row["checkpoint"] == few["checkpoint"] and row["test_score"] == few["test_score"]
+        assert (arm, 2) not in res  # patience 1: the tie stopped the loop
+    (rnd,) = report["rounds"]
+    assert rnd["accepted"] == 0 and rnd["asked"] > 0
+    assert sum(rnd["rejects"].values()) == rnd["asked"]
+    assert all(r.startswith("json_") for r in rnd["rejects"]), rnd["rejects"]
 
 
 def test_ner_schema_constrains_entity_types_to_the_task():
