@@ -244,6 +244,25 @@ def _answers(payload):
     )
 
 
+def _smoke_cfg(tmp_path, llm, *overrides: str):
+    """The smoke recipe against a scripted OpenAI-compatible server, in tmp folders."""
+    from raydistill.config import load_config
+
+    return load_config(
+        "recipes/smoke-weakness.yaml",
+        [
+            f"out_dir={tmp_path / 'out'}",
+            f"cache_dir={tmp_path / 'cache'}",
+            "data.teacher_train_rows=600",
+            "teacher.epochs=1",
+            "pool.backend=openai",
+            f"pool.url={llm.base_url}",
+            "pool.model=scripted",
+            *overrides,
+        ],
+    )
+
+
 # The method's smoke run (~3-4 min on 2 cores): in `make test-slow`, which CI runs.
 @pytest.mark.slow
 @pytest.mark.ray
@@ -251,23 +270,10 @@ def test_weakness_loop_end_to_end_and_resume(ray_session, data_dir, tmp_path):
     from scripted_llm import ScriptedLLM
     from transformers import AutoModelForSequenceClassification
 
-    from raydistill.config import load_config
     from raydistill.methods.weakness import run
 
     with ScriptedLLM(_answers) as llm:
-        cfg = load_config(
-            "recipes/smoke-weakness.yaml",
-            [
-                f"out_dir={tmp_path / 'out'}",
-                f"cache_dir={tmp_path / 'cache'}",
-                "data.teacher_train_rows=600",
-                "teacher.epochs=1",
-                "experiment.arms=[loop, nodiv, human]",
-                "pool.backend=openai",
-                f"pool.url={llm.base_url}",
-                "pool.model=scripted",
-            ],
-        )
+        cfg = _smoke_cfg(tmp_path, llm, "experiment.arms=[loop, nodiv, human]")
         report = run(cfg)
         sent = llm.count
         assert sent > 0
@@ -355,27 +361,13 @@ def test_a_round_that_accepts_nothing_trains_no_student(ray_session, data_dir, t
     rejects are recorded by reason, and the plateau rule stops the loop on the ties."""
     from scripted_llm import ScriptedLLM, completion
 
-    from raydistill.config import load_config
     from raydistill.methods.weakness import run
 
     def broken(payload):
         return 200, completion(['{"text": "cut off'] * int(payload.get("n") or 1))
 
     with ScriptedLLM(broken) as llm:
-        cfg = load_config(
-            "recipes/smoke-weakness.yaml",
-            [
-                f"out_dir={tmp_path / 'out'}",
-                f"cache_dir={tmp_path / 'cache'}",
-                "data.teacher_train_rows=600",
-                "teacher.epochs=1",
-                "experiment.arms=[loop, human]",
-                "method.patience=1",
-                "pool.backend=openai",
-                f"pool.url={llm.base_url}",
-                "pool.model=scripted",
-            ],
-        )
+        cfg = _smoke_cfg(tmp_path, llm, "experiment.arms=[loop, human]", "method.patience=1")
         report = run(cfg)
         assert llm.count > 0
     ledger = [json.loads(x) for x in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
