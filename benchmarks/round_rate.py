@@ -35,6 +35,11 @@ from typing import Any
 from benchmarks.throughput import RESULTS, machine
 
 ROOT = Path(__file__).resolve().parents[1]
+# The workloads' names, as the results JSON keeps them (benchmarks.weakness_table reads them).
+COLD = "round, pool just started"
+WARM = "round, warm"
+PLAIN = "round, warm, no JSON schema"
+REFERENCE = "CoD reference (throughput.json's workload), warm"
 
 
 def round_rows(cfg: Any, train: list[dict], spec: Any, loops: int, trial: int) -> list[dict]:
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         record(
-            "round, pool just started",
+            COLD,
             0,
             round_rows(cfg, train, spec, args.loops, 0),
             round_sampling,
@@ -139,11 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         cod_sampling = Sampling(n=1, temperature=0.9, top_p=0.95, max_tokens=48)
         for trial in range(1, args.trials + 1):
             rows = round_rows(cfg, train, spec, args.loops, 2 * trial - 1)
-            record("round, warm", trial, rows, round_sampling)
+            record(WARM, trial, rows, round_sampling)
             rows = round_rows(cfg, train, spec, args.loops, 2 * trial)
             plain = dataclasses.replace(round_sampling, json_schema=None)
-            record("round, warm, no JSON schema", trial, rows, plain)
-            record("CoD reference (throughput.json's workload), warm", trial, cod, cod_sampling)
+            record(PLAIN, trial, rows, plain)
+            record(REFERENCE, trial, cod, cod_sampling)
     finally:
         pool.shutdown()
 
@@ -176,10 +181,10 @@ def mean_rate(res: dict[str, Any], workload: str) -> float | None:
 
 
 def render(res: dict[str, Any]) -> str:
-    cold = mean_rate(res, "round, pool just started")
-    warm = mean_rate(res, "round, warm")
-    plain = mean_rate(res, "round, warm, no JSON schema")
-    ref = mean_rate(res, "CoD reference (throughput.json's workload), warm")
+    cold = mean_rate(res, COLD)
+    warm = mean_rate(res, WARM)
+    plain = mean_rate(res, PLAIN)
+    ref = mean_rate(res, REFERENCE)
     lines = [
         f"# A weakness round's generation vs the pool alone ({res['task']})",
         "",

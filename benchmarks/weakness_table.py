@@ -109,7 +109,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         )
     rate, note = pool_rate(report)
     ref = standalone_pool_rate()
-    generator = (report.get("generator") or {}).get("model")
+    generator = generator_model(report)
     name = "pool rate while generating / standalone pool (committed throughput.json"
     if rate and ref and generator and generator != ref[2]:
         # Another model's rate says nothing about this one's pool.
@@ -159,6 +159,11 @@ def standalone_pool_rate(batch_size: int = 64) -> tuple[float, str, str] | None:
     return None
 
 
+def generator_model(report: dict[str, Any]) -> str | None:
+    """The LLM that wrote a run's samples, where its report records it."""
+    return (report.get("generator") or {}).get("model")
+
+
 def measured_model(result: dict[str, Any]) -> str:
     """The model a throughput result measured: recorded since 2026-12-07; before that,
     the command's --model, else the benchmark's default then."""
@@ -174,19 +179,19 @@ def measured_model(result: dict[str, Any]) -> str:
 def round_rate_lines(report: dict[str, Any]) -> list[str]:
     """The diagnosis under the pool-rate target: the same kind of round call sent alone
     (`benchmarks.round_rate`), when it measured this task's generator."""
-    from benchmarks.round_rate import mean_rate
+    from benchmarks.round_rate import COLD, REFERENCE, WARM, mean_rate
 
     rate, note = pool_rate(report)
     path = RESULTS / f"round_rate_{report.get('task')}.json"
-    generator = (report.get("generator") or {}).get("model")
+    generator = generator_model(report)
     if not rate or not path.exists():
         return []
     d = json.loads(path.read_text())
     if generator and generator != d.get("model"):
         return []
-    cold = mean_rate(d, "round, pool just started")
-    warm = mean_rate(d, "round, warm")
-    ref = mean_rate(d, "CoD reference (throughput.json's workload), warm")
+    cold = mean_rate(d, COLD)
+    warm = mean_rate(d, WARM)
+    ref = mean_rate(d, REFERENCE)
     if not (cold and warm and ref):
         return []
     return [
