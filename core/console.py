@@ -22,7 +22,7 @@ from pathlib import Path
 
 VERBOSE_ENV = "RAYDISTILL_VERBOSE"
 _OURS = "_raydistill_handler"  # marks the handlers this module added
-_state: dict[str, object] = {"verbose": None, "file": None}
+_state: dict[str, object] = {"verbose": None, "file": None, "console": None}
 
 
 def is_verbose() -> bool:
@@ -97,6 +97,7 @@ def setup_console(verbose: bool) -> logging.Handler:
     handler.addFilter(ConsoleFilter(verbose))
     handler.setFormatter(_ConsoleFormatter())
     setattr(handler, _OURS, True)
+    _state["console"] = handler
     root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
@@ -152,10 +153,36 @@ def _loggers() -> list[logging.Logger]:
     return found
 
 
+def reclaim_root() -> None:
+    """Put this module's handlers back on the root logger if a library replaced them.
+
+    Importing Ray Serve LLM (`ray.serve.llm`, once per process) sets
+    `root.handlers = [a JSON StreamHandler]`: without this every record that reaches
+    the root, raydistill's DEBUG lines and httpx's per-request INFO included, is printed
+    as raw JSON on the console, and the run's log file receives nothing from the root
+    after the first pool start. The library's console handler goes (ours replace it);
+    file handlers anyone added stay. A no-op until `setup_console` / `log_to_file` ran.
+    """
+    root = logging.getLogger()
+    ours = [h for h in (_state["console"], _state["file"]) if isinstance(h, logging.Handler)]
+    missing = [h for h in ours if h not in root.handlers]
+    if not missing:
+        return
+    for h in list(root.handlers):
+        if type(h) is logging.StreamHandler and not getattr(h, _OURS, False):
+            root.removeHandler(h)
+    for h in missing:
+        root.addHandler(h)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+
+
 def quiet_libraries() -> None:
     """For every library logger that keeps its records to itself (`propagate=False`,
     e.g. "ray", "ray.data", "ray.serve", "DeepSpeed", "transformers"): add the log file,
-    and unless verbose raise its console handlers to WARNING. Idempotent."""
+    and unless verbose raise its console handlers to WARNING. Idempotent. First puts
+    back the root handlers a library took away (`reclaim_root`)."""
+    reclaim_root()
     verbose = is_verbose()
     file_handler = _state["file"]
     for lg in _loggers():

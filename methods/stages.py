@@ -171,12 +171,18 @@ class PoolStart:
     """When the stage's pool started: `seconds` it took, 0.0 if no request needed it.
 
     `attempted` is set before the start and `started` after it: a start that failed
-    half-way (replicas up, the app not) still has a pool to shut down.
+    half-way (replicas up, the app not) still has a pool to shut down. The seconds are
+    the deferred endpoint's own measure (`DeferredEndpoint.start_s`), the same figure
+    the client leaves out of a round's LLM seconds.
     """
 
-    seconds: float = 0.0
+    endpoint: Any = None  # the stage's DeferredEndpoint
     started: bool = False
     attempted: bool = False
+
+    @property
+    def seconds(self) -> float:
+        return 0.0 if self.endpoint is None else self.endpoint.start_s
 
 
 @contextlib.contextmanager
@@ -201,17 +207,17 @@ def generator(cfg: RunConfig) -> Iterator[tuple[Any, PoolStart]]:
         if cfg.pool.backend != "openai":
             import ray.serve  # noqa: F401  (Serve's driver logger exists now, to be quieted)
         quiet_libraries()
-        t0 = time.perf_counter()
         console().update(note=f"starting the {cfg.pool.backend} pool")  # the stage's line
         endpoint = pool.start()
-        timing.seconds, timing.started = time.perf_counter() - t0, True
+        timing.started = True
         console().update(note="")
         quiet_libraries()  # anything the pool's start configured
         return endpoint
 
+    timing.endpoint = DeferredEndpoint(start)
     cache = RequestCache.in_dir(cfg.resolved_cache_dir())
     try:
-        yield LLMClient.for_pool(DeferredEndpoint(start), cfg.pool, cache), timing
+        yield LLMClient.for_pool(timing.endpoint, cfg.pool, cache), timing
     finally:
         if timing.attempted:
             pool.shutdown()

@@ -164,12 +164,15 @@ class DeferredEndpoint:
 
     A stage whose requests are all in the cache (a rerun, the judge of a finished run)
     then never starts the pool, which costs 45-90 s on a CPU (vLLM engine start). `start`
-    returns the real `Endpoint`; it runs at most once.
+    returns the real `Endpoint`; it runs at most once. `start_s` is the one measure of
+    the start-up (a failed start counts too): the client subtracts it from the call it
+    happened in, the stage reports it as `pool_startup_s`.
     """
 
     def __init__(self, start: Any) -> None:
         self._start = start
         self._endpoint: Any = None
+        self.start_s = 0.0
 
     @property
     def started(self) -> bool:
@@ -177,7 +180,11 @@ class DeferredEndpoint:
 
     def resolve(self) -> Any:
         if self._endpoint is None:
-            self._endpoint = self._start()
+            t0 = time.perf_counter()
+            try:
+                self._endpoint = self._start()
+            finally:
+                self.start_s += time.perf_counter() - t0
         return self._endpoint
 
 
@@ -272,15 +279,16 @@ class LLMClient:
     @property
     def endpoint(self) -> Any:
         """Where requests go; a `DeferredEndpoint` starts its pool here, on first use."""
-        if isinstance(self._endpoint, DeferredEndpoint):
-            if self._endpoint.started:
-                return self._endpoint.resolve()
-            t0 = time.perf_counter()
+        ep = self._endpoint
+        if isinstance(ep, DeferredEndpoint):
+            if ep.started:
+                return ep.resolve()
+            before = ep.start_s
             try:
-                return self._endpoint.resolve()
+                return ep.resolve()
             finally:
-                self.stats.pool_start_s += time.perf_counter() - t0
-        return self._endpoint
+                self.stats.pool_start_s += ep.start_s - before
+        return ep
 
     @classmethod
     def uncached(cls, endpoint: Any, **kwargs: Any) -> LLMClient:

@@ -493,7 +493,13 @@ class VLLMPool(_ServePool):
             from ray.serve.llm import LLMConfig, LLMServingArgs, build_openai_app
         except ImportError as e:
             raise ImportError(_missing_vllm_message(f"ray.serve.llm ({e})")) from e
+        from raydistill.console import quiet_libraries
         from raydistill.registry import resolve_model
+
+        # The import just replaced the root logger's handlers with a JSON console one
+        # (Serve LLM's setup_logging): take the console back before the readiness polls,
+        # whose httpx INFO lines it would print one per second.
+        quiet_libraries()
 
         model_dir = resolve_model(self.cfg.model, self.cache_dir)
         llm_config = LLMConfig(**self.llm_config_kwargs(model_dir))

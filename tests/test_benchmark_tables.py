@@ -492,3 +492,19 @@ def test_pool_rate_of_an_older_report_leaves_out_the_pool_start_up():
     new = {**old, "pool_rate_excludes_start": True}
     assert pool_rate(new) == (2000 / 30.0, "")
     assert pool_rate({**old, "timings": {}}) == (2000 / 30.0, "")
+
+
+def test_the_weakness_table_runs_every_ablation_arm_where_a_recipe_runs_fewer():
+    """The 20-minute recipes leave the no-diversity arm to the table; the table must still
+    run it (the issue's comparison (c)), and a user's `--set experiment.arms=` wins."""
+    from benchmarks.weakness_table import RECIPES, ROOT, table_config
+    from raydistill.config import load_config
+
+    for task in ("sst2", "conll"):
+        recipe = load_config(ROOT / "recipes" / RECIPES[task])
+        table = table_config(task, [])
+        assert table.experiment.arms == ["loop", "random", "nodiv", "human"], task
+        assert "nodiv" not in recipe.experiment.arms, task  # the recipe stays a short demo
+        assert table.method == recipe.method and table.student == recipe.student
+    assert table_config("sst2", ["experiment.arms=[loop]"]).experiment.arms == ["loop"]
+    assert table_config("bbc-summary", []).experiment.arms == ["loop", "human"]

@@ -239,6 +239,35 @@ def test_library_info_goes_to_the_log_file_not_the_console(clean_logging, tmp_pa
     assert "a debug detail" not in shown
 
 
+def test_the_console_and_log_file_survive_serve_llm_taking_the_root_logger(
+    clean_logging, tmp_path, capsys
+):
+    """Importing Ray Serve LLM replaces the root's handlers with a JSON console handler
+    (its real `_configure_stdlib_logging`, run here as the import runs it): the next
+    `quiet_libraries` (the teacher pool calls it right after that import) puts ours back,
+    so the pool's readiness polls print nothing and the log file keeps receiving."""
+    from ray.llm._internal.serve.observability.logging.setup import _configure_stdlib_logging
+
+    from raydistill.console import log_to_file, quiet_libraries, setup_console
+
+    _, _, console_out = clean_logging
+    setup_console(verbose=False)
+    path = log_to_file(tmp_path / "driver.log")
+    _configure_stdlib_logging()
+    root = logging.getLogger()
+    assert path.read_text() == "" and len(root.handlers) == 1  # ours are gone
+    quiet_libraries()
+    logging.getLogger("httpx").info('HTTP Request: GET /v1/models "HTTP/1.1 503"')
+    logging.getLogger("raydistill.methods.stages").debug("stage generate …")
+    logging.getLogger("raydistill.methods.stages").info("pool ready")
+    err = capsys.readouterr().err
+    assert "asctime" not in err and "HTTP Request" not in err  # no JSON console left
+    assert "[raydistill] pool ready" in console_out.getvalue()
+    assert "HTTP Request" not in console_out.getvalue()
+    text = path.read_text()
+    assert "stage generate" in text and "HTTP Request" in text and "pool ready" in text
+
+
 def test_verbose_brings_library_info_back(clean_logging, tmp_path):
     from raydistill.console import log_to_file, setup_console
 
