@@ -164,7 +164,8 @@ class DeferredEndpoint:
 
     A stage whose requests are all in the cache (a rerun, the judge of a finished run)
     then never starts the pool, which costs 45-90 s on a CPU (vLLM engine start). `start`
-    returns the real `Endpoint`; it runs at most once. `start_s` is the one measure of
+    returns the real `Endpoint`; it runs once if it succeeds (a failed start is tried again
+    by the next request). `start_s` is the one measure of
     the start-up (a failed start counts too): the client subtracts it from the call it
     happened in, the stage reports it as `pool_startup_s`.
     """
